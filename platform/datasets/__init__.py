@@ -1,0 +1,72 @@
+"""Datasets shipped with gramfed.
+
+``slimkl/`` holds the 16 regression sets of the SLIM-KL paper's public code and the
+authors' own stored results; ``slimkl/PROVENANCE.md`` says where they come from.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+
+SLIMKL_DATASETS: tuple[str, ...] = (
+    "electricitydata",
+    "passengerdata",
+    "hoteldata",
+    "employmentdata",
+    "unemployment",
+    "clay",
+    "CO2",
+    "ECG_signal",
+    "ale80",
+    "airfoil600",
+    "cccp1000",
+    "cccp9500",
+    "toxicity436",
+    "concrete824",
+    "water800",
+    "wine1279",
+)
+
+
+@dataclass(frozen=True)
+class TrainTestSplit:
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+def _slimkl_dir() -> Path:
+    return Path(str(resources.files(__package__).joinpath("slimkl")))
+
+
+def load_slimkl(name: str) -> TrainTestSplit:
+    """Load one shipped SLIM-KL dataset as float64 arrays (x: n x P, y: n)."""
+    if name not in SLIMKL_DATASETS:
+        raise KeyError(f"unknown SLIM-KL dataset {name!r}; choose from {', '.join(SLIMKL_DATASETS)}")
+    mat = scipy.io.loadmat(_slimkl_dir() / f"{name}.mat")
+
+    def as_x(a: np.ndarray) -> np.ndarray:
+        a = np.asarray(a, dtype=np.float64)
+        return a.reshape(-1, 1) if a.ndim == 1 else a
+
+    return TrainTestSplit(
+        name=name,
+        x_train=as_x(mat["xtrain"]),
+        y_train=np.asarray(mat["ytrain"], dtype=np.float64).ravel(),
+        x_test=as_x(mat["xtest"]),
+        y_test=np.asarray(mat["ytest"], dtype=np.float64).ravel(),
+    )
+
+
+def slimkl_reference_rows() -> list[dict[str, str]]:
+    """The authors' stored runs (``reference_results.csv``), one dict per row."""
+    with open(_slimkl_dir() / "reference_results.csv", newline="") as f:
+        return list(csv.DictReader(f))

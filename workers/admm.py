@@ -1,0 +1,181 @@
+"""Consensus ADMM over J agents for the GSMP weights, with quantized byte messages.
+
+Agent j holds its shard and solves, by DSCA (``gramfed.workers.sca``)::
+
+    zeta_j = argmin_{a >= 0}  F_j(a) + lam_j'(a - theta) + rho/2 |a - theta|^2
+
+then sends ``Q(zeta_j)``. The coordinator forms ``theta = mean_j(Q(zeta_j) + lam_j/rho)``,
+quantizes it and broadcasts it with rho; each agent then updates its own dual
+``lam_j += rho (Q(zeta_j) - theta)``, which the coordinator mirrors from the same bytes, so
+duals never travel. Stopping rules and residual balancing follow the SLIM-KL reference:
+primal residual ``|Z - theta 1'|_F``, dual residual ``|rho (theta - theta_old)|_F``,
+tolerances ``sqrt(A J) tol_abs + tol_rel max(|Z|_F, |theta|_F)`` and
+``sqrt(A J) tol_abs + tol_rel |rho Lam|_F``; rho is multiplied by ``nu`` when the primal
+residual exceeds ``mu`` times the dual one and divided by it when the dual one is larger.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from gramfed.workers.quantize import ExactCodec, StochasticQuantizer, VectorCodec, message_bits
+from gramfed.workers.sca import ConsensusPenalty, LocalProblem
+from gramfed.workers.transport import Transport
+
+_FRAME = struct.Struct("<IBdd")  # round, flags, rho used for the dual update, rho for this round
+_FINAL = 1
+
+
+@dataclass(frozen=True)
+class ADMMOptions:
+    max_iter: int = 100
+    rho0: float = 1e-10
+    tol_abs: float = 1e-3
+    tol_rel: float = 1e-3
+    mu: float = 10.0
+    nu: float = 2.0
+    residual_balancing: bool = True
+    bits: int | None = None
+    step: float | None = None
+    error_feedback: bool = False
+    seed: int = 0
+
+    def codec(self, stream: int) -> VectorCodec:
+        if self.bits is None and self.step is None:
+            return ExactCodec()
+        return StochasticQuantizer(bits=self.bits, step=self.step, seed=self.seed * 7919 + stream)
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    rho: float
+    primal_residual: float
+    dual_residual: float
+    primal_tolerance: float
+    dual_tolerance: float
+    bits_sent: int
+
+
+@dataclass
+class ADMMResult:
+    weights: Tensor
+    rounds: list[RoundRecord] = field(default_factory=list)
+    converged: bool = False
+
+    @property
+    def bits_sent(self) -> int:
+        return sum(r.bits_sent for r in self.rounds)
+
+
+def encode_frame(round_: int, rho_dual: float, rho: float, theta: bytes, final: bool = False) -> bytes:
+    return _FRAME.pack(round_, _FINAL if final else 0, rho_dual, rho) + theta
+
+
+def decode_frame(frame: bytes) -> tuple[int, bool, float, float, bytes]:
+    if len(frame) < _FRAME.size:
+        raise ValueError(f"ADMM frame too short: {len(frame)} bytes")
+    round_, flags, rho_dual, rho = _FRAME.unpack_from(frame)
+    return round_, bool(flags & _FINAL), rho_dual, rho, frame[_FRAME.size :]
+
+
+class ADMMAgent:
+    """One agent: its shard's local problem, its dual variable and its last message."""
+
+    def __init__(self, problem: LocalProblem, options: ADMMOptions, index: int = 0) -> None:
+        self.problem = problem
+        self.options = options
+        self.codec = options.codec(stream=1 + index)
+        size, device = problem.size, problem.gram.device
+        self.zeta = torch.zeros(size, dtype=torch.float64, device=device)
+        self.sent = torch.zeros_like(self.zeta)
+        self.lam = torch.zeros_like(self.zeta)
+        self.residual = torch.zeros_like(self.zeta)
+        self.local_objective: list[float] = []
+
+    def step(self, frame: bytes) -> bytes:
+        _, final, rho_dual, rho, theta_bytes = decode_frame(frame)
+        theta = self.codec.decode(theta_bytes).to(self.zeta)
+        if rho_dual > 0:
+            self.lam += rho_dual * (self.sent - theta)
+        if final:
+            return b""
+        penalty = ConsensusPenalty(lam=self.lam, theta=theta, rho=rho)
+        # lam'(a - theta) differs from lam'a by a constant: same minimiser.
+        result = self.problem.solve(self.zeta, penalty)
+        self.zeta = result.weights
+        self.local_objective.append(result.objective_history[-1])
+        outgoing = self.zeta + self.residual if self.options.error_feedback else self.zeta
+        message = self.codec.encode(outgoing)
+        self.sent = self.codec.decode(message).to(self.zeta)
+        if self.options.error_feedback:
+            self.residual = outgoing - self.sent
+        return message
+
+
+RoundHook = Callable[[RoundRecord], None]
+
+
+class ConsensusADMM:
+    """The coordinator: averages agents' messages, balances rho, decides when to stop."""
+
+    def __init__(self, transport: Transport, num_components: int, options: ADMMOptions) -> None:
+        self.transport = transport
+        self.size = num_components
+        self.options = options
+        self.codec = options.codec(stream=0)
+
+    def run(self, on_round: RoundHook | None = None) -> ADMMResult:
+        opts, agents = self.options, self.transport.num_agents
+        theta = torch.zeros(self.size, dtype=torch.float64)
+        lam = torch.zeros(agents, self.size, dtype=torch.float64)
+        theta_bytes = self.codec.encode(theta)
+        rho, rho_dual = opts.rho0, 0.0
+        result = ADMMResult(weights=theta)
+        scale = math.sqrt(self.size * agents)
+        for t in range(1, opts.max_iter + 1):
+            frame = encode_frame(t, rho_dual, rho, theta_bytes)
+            replies = self.transport.round(frame)
+            bits = agents * message_bits(frame) + sum(message_bits(r) for r in replies)
+            zeta = torch.stack([self.codec.decode(r) for r in replies])
+            theta_old = theta
+            theta_bytes = self.codec.encode(zeta.mean(0) + lam.mean(0) / rho)
+            theta = self.codec.decode(theta_bytes)
+            lam += rho * (zeta - theta)
+            record = RoundRecord(
+                round=t,
+                rho=rho,
+                primal_residual=float(torch.linalg.norm(zeta - theta)),
+                dual_residual=float(rho * torch.linalg.norm(theta - theta_old)),
+                primal_tolerance=scale * opts.tol_abs
+                + opts.tol_rel * max(float(torch.linalg.norm(zeta)), float(torch.linalg.norm(theta))),
+                dual_tolerance=scale * opts.tol_abs + opts.tol_rel * float(torch.linalg.norm(rho * lam)),
+                bits_sent=bits,
+            )
+            result.rounds.append(record)
+            result.weights = theta
+            if on_round is not None:
+                on_round(record)
+            rho_dual = rho
+            if t > 1 and (
+                record.primal_residual < record.primal_tolerance
+                and record.dual_residual < record.dual_tolerance
+            ):
+                result.converged = True
+                break
+            if opts.residual_balancing:
+                if record.primal_residual > opts.mu * record.dual_residual:
+                    rho *= opts.nu
+                elif record.dual_residual > record.primal_residual:
+                    rho /= opts.nu
+        # Final frame lets agents apply the last dual update (and, remotely, shut down).
+        final = encode_frame(len(result.rounds) + 1, rho_dual, rho, theta_bytes, final=True)
+        self.transport.round(final)
+        result.rounds[-1].bits_sent += agents * message_bits(final)
+        return result

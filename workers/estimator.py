@@ -1,0 +1,211 @@
+"""scikit-learn-style estimator: GSMP multiple-kernel GP fitted by consensus ADMM.
+
+Usable with no Ray and no network: agents live in this process and talk through the
+in-process transport, exchanging only (optionally quantized) bytes.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from gramfed.workers.admm import ADMMAgent, ADMMOptions, ADMMResult, ConsensusADMM, RoundHook
+from gramfed.workers.gram import GramOptions, SubKernelGram
+from gramfed.workers.kernels.gsmp import GSMPGrid, GSMPKernel
+from gramfed.workers.noise import gcv_noise_variance
+from gramfed.workers.posterior import Prediction, fuse_experts, gp_posterior
+from gramfed.workers.sca import LocalProblem, SCAOptions
+from gramfed.workers.transport import InProcessTransport
+
+
+class NotFittedError(RuntimeError):
+    """predict() or a fitted attribute was used before fit()."""
+
+
+class GSMPRegressor:
+    """Sparse multiple-kernel GP regression with the GSMP kernel (the SLIM-KL method).
+
+    ``agents`` contiguous shards each solve their local problem by DSCA; consensus ADMM
+    joins them. ``bits`` (or ``step``) quantizes every message. ``noise="gcv"`` fixes the
+    noise variance by the smoothing-spline GCV estimate; a float fixes it directly.
+    ``prediction`` chooses the pooled posterior or the fusion of per-agent posteriors.
+    """
+
+    def __init__(
+        self,
+        *,
+        agents: int = 2,
+        bits: int | None = None,
+        step: float | None = None,
+        error_feedback: bool = False,
+        components_per_dim: int | None = None,
+        freq_lower: float = 0.0,
+        freq_upper: float = 0.5,
+        scale: float = 1e-3,
+        sampling: Literal["uniform", "random"] = "uniform",
+        noise: Literal["gcv"] | float = "gcv",
+        admm_max_iter: int = 100,
+        rho0: float = 1e-10,
+        sca_max_iter: int = 100,
+        blocks: int = 4,
+        tol: float = 1e-3,
+        prediction: Literal["pooled", "fused"] = "pooled",
+        device: str = "auto",
+        memory_budget: int = 4 << 30,
+        seed: int = 0,
+    ) -> None:
+        self.agents = agents
+        self.bits = bits
+        self.step = step
+        self.error_feedback = error_feedback
+        self.components_per_dim = components_per_dim
+        self.freq_lower = freq_lower
+        self.freq_upper = freq_upper
+        self.scale = scale
+        self.sampling = sampling
+        self.noise = noise
+        self.admm_max_iter = admm_max_iter
+        self.rho0 = rho0
+        self.sca_max_iter = sca_max_iter
+        self.blocks = blocks
+        self.tol = tol
+        self.prediction = prediction
+        self.device = device
+        self.memory_budget = memory_budget
+        self.seed = seed
+
+    # -- scikit-learn protocol ------------------------------------------------------------------
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> GSMPRegressor:
+        valid = set(self._param_names())
+        for name, value in params.items():
+            if name not in valid:
+                raise ValueError(f"invalid parameter {name!r} for GSMPRegressor")
+            setattr(self, name, value)
+        return self
+
+    # -- fitting --------------------------------------------------------------------------------
+    def fit(self, X: np.ndarray, y: np.ndarray, on_round: RoundHook | None = None) -> GSMPRegressor:
+        x_arr, y_arr = _validate(X, y)
+        if not 1 <= self.agents <= len(y_arr) // 2:
+            raise ValueError(
+                f"agents must be between 1 and n/2 = {len(y_arr) // 2} for {len(y_arr)} samples, "
+                f"got {self.agents}"
+            )
+        self.noise_variance_ = (
+            gcv_noise_variance(y_arr) if self.noise == "gcv" else float(self.noise)
+        )
+        self.grid_ = GSMPGrid.default(
+            x_arr.shape[1],
+            self.components_per_dim,
+            freq_bounds=(self.freq_lower, self.freq_upper),
+            scale=self.scale,
+            sampling=self.sampling,
+            seed=self.seed,
+        )
+        kernel = GSMPKernel(self.grid_)
+        gram_options = GramOptions(device=self.device, memory_budget=self.memory_budget)
+        admm_options = ADMMOptions(
+            max_iter=self.admm_max_iter,
+            rho0=self.rho0,
+            bits=self.bits,
+            step=self.step,
+            error_feedback=self.error_feedback,
+            seed=self.seed,
+        )
+        sca_options = SCAOptions(max_iter=self.sca_max_iter, tol=self.tol, blocks=self.blocks)
+        started = time.perf_counter()
+        self.shards_ = [
+            (torch.from_numpy(xs), torch.from_numpy(ys))
+            for xs, ys in zip(np.array_split(x_arr, self.agents), np.array_split(y_arr, self.agents))
+        ]
+        agents = [
+            ADMMAgent(
+                LocalProblem(SubKernelGram(kernel, xs, gram_options), ys, self.noise_variance_, sca_options),
+                admm_options,
+                index=j,
+            )
+            for j, (xs, ys) in enumerate(self.shards_)
+        ]
+        coordinator = ConsensusADMM(InProcessTransport(agents), self.grid_.num_components, admm_options)
+        self.admm_result_: ADMMResult = coordinator.run(on_round)
+        self.fit_seconds_ = time.perf_counter() - started
+        self.weights_ = self.admm_result_.weights.numpy().copy()
+        self.x_train_, self.y_train_ = torch.from_numpy(x_arr), torch.from_numpy(y_arr)
+        return self
+
+    @property
+    def kernel_(self) -> GSMPKernel:
+        self._check_fitted()
+        return GSMPKernel(self.grid_, torch.from_numpy(self.weights_))
+
+    @property
+    def bits_sent_(self) -> int:
+        self._check_fitted()
+        return self.admm_result_.bits_sent
+
+    def predict_distribution(self, X: np.ndarray, mode: str | None = None) -> Prediction:
+        self._check_fitted()
+        x_test = torch.from_numpy(_as_matrix(X, "X"))
+        if x_test.shape[1] != self.x_train_.shape[1]:
+            raise ValueError(
+                f"X has {x_test.shape[1]} features but the model was fitted on {self.x_train_.shape[1]}"
+            )
+        kernel = self.kernel_
+        if (mode or self.prediction) == "fused":
+            return fuse_experts(
+                [gp_posterior(kernel, xs, ys, self.noise_variance_, x_test) for xs, ys in self.shards_]
+            )
+        return gp_posterior(kernel, self.x_train_, self.y_train_, self.noise_variance_, x_test)
+
+    def predict(
+        self, X: np.ndarray, return_std: bool = False, mode: str | None = None
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        dist = self.predict_distribution(X, mode)
+        if return_std:
+            return dist.mean.numpy(), dist.std.numpy()
+        return dist.mean.numpy()
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "weights_"):
+            raise NotFittedError("this GSMPRegressor is not fitted yet; call fit(X, y) first")
+
+
+def _as_matrix(X: np.ndarray, name: str) -> np.ndarray:
+    arr = np.asarray(X, dtype=np.float64)
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{name} must be a non-empty 2-D array, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return arr
+
+
+def _validate(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x_arr = _as_matrix(X, "X")
+    y_arr = np.asarray(y, dtype=np.float64)
+    if y_arr.ndim == 2 and y_arr.shape[1] == 1:
+        y_arr = y_arr[:, 0]
+    if y_arr.ndim != 1:
+        raise ValueError(f"y must be 1-D, got shape {y_arr.shape}")
+    if len(y_arr) != len(x_arr):
+        raise ValueError(f"X has {len(x_arr)} rows but y has {len(y_arr)} values")
+    if not np.all(np.isfinite(y_arr)):
+        raise ValueError("y contains NaN or infinite values")
+    return x_arr, y_arr
+
+
+def as_tensor(values: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.asarray(values, dtype=np.float64))

@@ -1,0 +1,153 @@
+"""Vector codecs for ADMM messages: exact float64 and unbiased stochastic quantization.
+
+A quantized message is real bytes. Values are rounded at random to one of the two
+neighbouring points of a uniform grid, up with probability equal to the fractional
+position, so ``E[decode(encode(x))] = x`` exactly. The grid is either ``2^b`` levels
+spanning ``[min x, max x]`` (``bits=b``) or the multiples of a fixed ``step`` (``step``,
+the reference's Delta). Level indices are bit-packed; when most levels are zero (sparse
+GSMP weights) a bitmap of non-zeros is sent instead of every level, whichever is shorter.
+
+Layout (little endian): ``u8 kind | u32 count | u8 width | f64 origin | f64 step`` then,
+for kind DENSE, ``count * width`` packed bits of level indices; for kind SPARSE, ``count``
+bitmap bits followed by ``nnz * width`` packed bits. Kind EXACT carries raw float64 values.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+_HEADER = struct.Struct("<BIBdd")
+_EXACT, _DENSE, _SPARSE = 0, 1, 2
+MAX_COUNT = 1 << 24
+
+
+class MessageError(ValueError):
+    """A vector message that cannot be decoded (truncated, corrupt or oversized)."""
+
+
+class VectorCodec(Protocol):
+    def encode(self, values: Tensor) -> bytes: ...
+
+    def decode(self, payload: bytes) -> Tensor: ...
+
+
+class ExactCodec:
+    """Unquantized float64 messages."""
+
+    def encode(self, values: Tensor) -> bytes:
+        array = values.detach().to("cpu", torch.float64).numpy()
+        return _HEADER.pack(_EXACT, array.size, 64, 0.0, 0.0) + array.astype("<f8").tobytes()
+
+    def decode(self, payload: bytes) -> Tensor:
+        return decode_vector(payload)
+
+
+@dataclass
+class StochasticQuantizer:
+    """Unbiased stochastic quantization at ``bits`` per value or on a grid of ``step``."""
+
+    bits: int | None = None
+    step: float | None = None
+    seed: int = 0
+    _rng: np.random.Generator = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if (self.bits is None) == (self.step is None):
+            raise ValueError("give exactly one of bits or step")
+        if self.bits is not None and not 1 <= self.bits <= 32:
+            raise ValueError(f"bits must be in 1..32, got {self.bits}")
+        if self.step is not None and not (self.step > 0 and math.isfinite(self.step)):
+            raise ValueError(f"step must be positive and finite, got {self.step}")
+        self._rng = np.random.default_rng(self.seed)
+
+    def encode(self, values: Tensor) -> bytes:
+        x = values.detach().to("cpu", torch.float64).numpy()
+        if not np.all(np.isfinite(x)):
+            raise ValueError("cannot quantize non-finite values")
+        if self.step is not None:
+            step = self.step
+            origin = math.floor(float(x.min()) / step) * step if x.size else 0.0
+            scaled = (x - origin) / step
+        else:
+            origin = float(x.min()) if x.size else 0.0
+            span = float(x.max()) - origin if x.size else 0.0
+            step = span / ((1 << self.bits) - 1) if span > 0 else 1.0
+            scaled = (x - origin) / step
+        floor = np.floor(scaled)
+        levels = (floor + (self._rng.random(x.shape) < scaled - floor)).astype(np.int64)
+        levels = np.maximum(levels, 0)
+        width = max(1, int(levels.max()).bit_length()) if levels.size else 1
+        return _pack(levels, width, origin, step)
+
+    def decode(self, payload: bytes) -> Tensor:
+        return decode_vector(payload)
+
+
+def _pack(levels: np.ndarray, width: int, origin: float, step: float) -> bytes:
+    dense = _HEADER.pack(_DENSE, levels.size, width, origin, step) + _pack_bits(levels, width)
+    nonzero = levels != 0
+    sparse = (
+        _HEADER.pack(_SPARSE, levels.size, width, origin, step)
+        + np.packbits(nonzero, bitorder="little").tobytes()
+        + _pack_bits(levels[nonzero], width)
+    )
+    return sparse if len(sparse) < len(dense) else dense
+
+
+def _pack_bits(levels: np.ndarray, width: int) -> bytes:
+    bits = (levels[:, None] >> np.arange(width)) & 1
+    return np.packbits(bits.astype(np.uint8).ravel(), bitorder="little").tobytes()
+
+
+def _unpack_bits(buffer: bytes, count: int, width: int) -> np.ndarray:
+    need = (count * width + 7) // 8
+    if len(buffer) < need:
+        raise MessageError(f"vector message truncated: {len(buffer)} of {need} payload bytes")
+    bits = np.unpackbits(np.frombuffer(buffer[:need], np.uint8), bitorder="little")
+    bits = bits[: count * width].reshape(count, width).astype(np.int64)
+    return (bits << np.arange(width)).sum(axis=1)
+
+
+def decode_vector(payload: bytes) -> Tensor:
+    """Decode any codec's message into a float64 tensor, validating every length."""
+    if len(payload) < _HEADER.size:
+        raise MessageError(f"vector message too short: {len(payload)} bytes")
+    kind, count, width, origin, step = _HEADER.unpack_from(payload)
+    if count > MAX_COUNT:
+        raise MessageError(f"vector message declares {count} values, more than {MAX_COUNT}")
+    body = payload[_HEADER.size :]
+    if kind == _EXACT:
+        if len(body) != 8 * count:
+            raise MessageError(f"exact message has {len(body)} bytes for {count} values")
+        return torch.from_numpy(np.frombuffer(body, "<f8").astype(np.float64))
+    if not 1 <= width <= 63 or not (math.isfinite(origin) and math.isfinite(step)):
+        raise MessageError("vector message header is corrupt")
+    if kind == _DENSE:
+        levels = _unpack_bits(body, count, width)
+        used = (count * width + 7) // 8
+    elif kind == _SPARSE:
+        mask_bytes = (count + 7) // 8
+        if len(body) < mask_bytes:
+            raise MessageError("sparse vector message truncated in its bitmap")
+        mask = np.unpackbits(np.frombuffer(body[:mask_bytes], np.uint8), bitorder="little")
+        mask = mask[:count].astype(bool)
+        levels = np.zeros(count, dtype=np.int64)
+        levels[mask] = _unpack_bits(body[mask_bytes:], int(mask.sum()), width)
+        used = mask_bytes + (int(mask.sum()) * width + 7) // 8
+    else:
+        raise MessageError(f"unknown vector message kind {kind}")
+    if len(body) != used:
+        raise MessageError(f"vector message has {len(body) - used} trailing bytes")
+    return torch.from_numpy(origin + step * levels.astype(np.float64))
+
+
+def message_bits(payload: bytes) -> int:
+    """Exact number of bits a message occupies on the wire."""
+    return 8 * len(payload)
