@@ -4,7 +4,8 @@ Agent j holds its shard and solves, by DSCA (``gramfed.workers.sca``)::
 
     zeta_j = argmin_{a >= 0}  F_j(a) + lam_j'(a - theta) + rho/2 |a - theta|^2
 
-then sends ``Q(zeta_j)``. The coordinator forms ``theta = mean_j(Q(zeta_j) + lam_j/rho)``,
+then sends ``Q(zeta_j)``. The coordinator forms ``theta = max(0, mean_j(Q(zeta_j) + lam_j/rho))``
+(the global step carries the constraint too, so the consensus kernel is always PSD),
 quantizes it and broadcasts it with rho; each agent then updates its own dual
 ``lam_j += rho (Q(zeta_j) - theta)``, which the coordinator mirrors from the same bytes, so
 duals never travel. Stopping rules and residual balancing follow the SLIM-KL reference:
@@ -145,7 +146,7 @@ class ConsensusADMM:
             bits = agents * message_bits(frame) + sum(message_bits(r) for r in replies)
             zeta = torch.stack([self.codec.decode(r) for r in replies])
             theta_old = theta
-            theta_bytes = self.codec.encode(zeta.mean(0) + lam.mean(0) / rho)
+            theta_bytes = self.codec.encode((zeta.mean(0) + lam.mean(0) / rho).clamp_min(0.0))
             theta = self.codec.decode(theta_bytes)
             lam += rho * (zeta - theta)
             record = RoundRecord(

@@ -1,0 +1,23 @@
+"""Turn a user's mistake into one clear line and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import typer
+from rich.text import Text
+
+from gramfed.platform.cli.progress import stderr
+
+USAGE_ERROR = 2
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    try:
+        yield
+    except (ValueError, KeyError, FileNotFoundError, FloatingPointError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        stderr.print(Text.assemble(("error: ", "bold red"), message))
+        raise typer.Exit(USAGE_ERROR) from None

@@ -1,0 +1,33 @@
+"""Rich progress for ADMM rounds, shown on stderr so --json output stays clean."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from gramfed.workers.admm import RoundHook, RoundRecord
+
+stderr = Console(stderr=True)
+
+
+@contextmanager
+def admm_progress(label: str, max_rounds: int) -> Iterator[RoundHook]:
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("rho {task.fields[rho]:.1e}  primal {task.fields[primal]:.2e}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=stderr, transient=True) as progress:
+        task = progress.add_task(label, total=max_rounds, rho=0.0, primal=0.0)
+
+        def on_round(record: RoundRecord) -> None:
+            progress.update(
+                task, completed=record.round, rho=record.rho, primal=record.primal_residual
+            )
+
+        yield on_round

@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+import torch
+
+from gramfed.workers.quantize import (
+    ExactCodec,
+    MessageError,
+    StochasticQuantizer,
+    decode_vector,
+    message_bits,
+)
+
+
+def _sparse_weights(size: int = 400, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.zeros(size, dtype=torch.float64)
+    x[::13] = 50 * torch.rand(len(x[::13]), generator=gen, dtype=torch.float64)
+    return x
+
+
+@pytest.mark.parametrize("codec", [StochasticQuantizer(bits=4, seed=1), StochasticQuantizer(step=0.7, seed=1)])
+def test_quantizer_is_unbiased(codec: StochasticQuantizer) -> None:
+    x = _sparse_weights()
+    trials = 4000
+    draws = torch.stack([codec.decode(codec.encode(x)) for _ in range(trials)])
+    step = (float(x.max()) / 15) if codec.bits else 0.7
+    # per-coordinate variance <= step^2 / 4; a 6-sigma band on the mean of `trials` draws
+    bound = 6 * (step / 2) / np.sqrt(trials)
+    assert float((draws.mean(0) - x).abs().max()) < bound
+    # the error of one draw never exceeds one grid step, and zeros stay exactly zero
+    assert float((draws - x).abs().max()) <= step * (1 + 1e-12)
+    assert bool((draws[:, x == 0] == 0).all())
+
+
+def test_bit_counts_are_exact_and_round_trip_is_lossless_on_grid() -> None:
+    levels = np.array([0, 3, 0, 0, 255, 17, 0, 0, 0, 1], dtype=np.float64)
+    x = torch.from_numpy(levels * 0.25)  # already on the 8-bit grid [0, 63.75]
+    codec = StochasticQuantizer(bits=8)
+    payload = codec.encode(x)
+    torch.testing.assert_close(codec.decode(payload), x)
+    header_bits = 8 * 22
+    nnz = int(np.count_nonzero(levels))
+    sparse_bits = 8 * ((len(x) + 7) // 8) + 8 * ((nnz * 8 + 7) // 8)
+    dense_bits = 8 * ((len(x) * 8 + 7) // 8)
+    assert message_bits(payload) == header_bits + min(sparse_bits, dense_bits)
+
+
+def test_eight_bit_messages_are_at_least_eight_times_smaller_for_sparse_weights() -> None:
+    x = _sparse_weights(500)
+    quantized = StochasticQuantizer(bits=8).encode(x)
+    assert message_bits(ExactCodec().encode(x)) >= 64 * 500
+    assert 64 * 500 / message_bits(quantized) >= 8
+
+
+def test_exact_codec_round_trip() -> None:
+    x = torch.randn(33, dtype=torch.float64)
+    assert torch.equal(ExactCodec().decode(ExactCodec().encode(x)), x)
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda b: b[:5],  # shorter than the header
+        lambda b: b[:-1],  # truncated payload
+        lambda b: b + b"\x00",  # trailing garbage
+        lambda b: bytes([9]) + b[1:],  # unknown kind
+        lambda b: b[:1] + (1 << 30).to_bytes(4, "little") + b[5:],  # absurd count
+    ],
+)
+def test_corrupt_messages_are_refused(mutate) -> None:
+    payload = StochasticQuantizer(bits=6).encode(_sparse_weights())
+    with pytest.raises(MessageError):
+        decode_vector(mutate(payload))
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"bits": 8, "step": 0.1}, {"bits": 0}, {"bits": 40}, {"step": -1.0}])
+def test_bad_quantizer_settings_are_refused(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        StochasticQuantizer(**kwargs)
+
+
+def test_non_finite_values_are_refused() -> None:
+    with pytest.raises(ValueError, match="non-finite"):
+        StochasticQuantizer(bits=8).encode(torch.tensor([1.0, float("nan")], dtype=torch.float64))
