@@ -9,7 +9,7 @@ def dense_stack(grid: GSMPGrid, x1: torch.Tensor, x2: torch.Tensor) -> torch.Ten
     """Direct transcription of the GSMP formula, one sub-kernel at a time."""
     tau = x1[:, None, :] - x2[None, :, :]
     out = []
-    for mu, v in zip(grid.means, grid.scales):
+    for mu, v in zip(grid.means, grid.scales, strict=True):
         k = torch.exp(-2 * torch.pi**2 * tau**2 * v**2) * torch.cos(2 * torch.pi * mu * tau)
         out.append(k.prod(-1))
     return torch.stack(out)

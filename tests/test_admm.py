@@ -16,7 +16,8 @@ def test_admm_with_one_agent_equals_centralised_solver(toy_regression) -> None:
     gram = SubKernelGram(GSMPKernel(grid), torch.from_numpy(x))
     problem = LocalProblem(gram, torch.from_numpy(y), 0.05, tight)
     central = problem.solve(
-        torch.zeros(problem.size, dtype=torch.float64), ConsensusPenalty.none(problem.size, problem.gram.device)
+        torch.zeros(problem.size, dtype=torch.float64),
+        ConsensusPenalty.none(problem.size, problem.gram.device),
     )
     agent = ADMMAgent(problem, ADMMOptions())
     result = ConsensusADMM(InProcessTransport([agent]), problem.size, ADMMOptions()).run()
@@ -36,9 +37,14 @@ def test_agents_exchange_only_bytes(toy_regression) -> None:
 
     grid = GSMPGrid.default(1, per_dim=20, scale=0.01)
     agents = [
-        ADMMAgent(LocalProblem(SubKernelGram(GSMPKernel(grid), torch.from_numpy(xs)), torch.from_numpy(ys), 0.05),
-                  ADMMOptions(bits=8), index=j)
-        for j, (xs, ys) in enumerate(zip(np.array_split(x, 2), np.array_split(y, 2)))
+        ADMMAgent(
+            LocalProblem(
+                SubKernelGram(GSMPKernel(grid), torch.from_numpy(xs)), torch.from_numpy(ys), 0.05
+            ),
+            ADMMOptions(bits=8),
+            index=j,
+        )
+        for j, (xs, ys) in enumerate(zip(np.array_split(x, 2), np.array_split(y, 2), strict=True))
     ]
     ConsensusADMM(Recording(agents), grid.num_components, ADMMOptions(bits=8, max_iter=5)).run()
     assert seen and set(seen) == {bytes}

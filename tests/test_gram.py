@@ -21,7 +21,9 @@ def test_reductions_equal_dense_formula(dims: int, strategy: str) -> None:
     mat = torch.randn(30, 30, generator=gen, dtype=torch.float64)
     u = torch.randn(30, generator=gen, dtype=torch.float64)
     part = slice(4, 19)
-    torch.testing.assert_close(gram.weighted_sum(w[part], part), torch.tensordot(w[part], stack[part], 1))
+    torch.testing.assert_close(
+        gram.weighted_sum(w[part], part), torch.tensordot(w[part], stack[part], 1)
+    )
     torch.testing.assert_close(gram.inner(mat, part), (stack[part] * mat).sum((1, 2)))
     torch.testing.assert_close(gram.matvec(u, part), stack[part] @ u)
 
@@ -53,8 +55,14 @@ def test_random_grid_is_seeded_and_within_bounds() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"dims": 0}, {"dims": 1, "per_dim": 0}, {"dims": 1, "scale": -1.0},
-               {"dims": 1, "freq_bounds": (0.4, 0.1)}, {"dims": 1, "sampling": "sobol"}]
+    "kwargs",
+    [
+        {"dims": 0},
+        {"dims": 1, "per_dim": 0},
+        {"dims": 1, "scale": -1.0},
+        {"dims": 1, "freq_bounds": (0.4, 0.1)},
+        {"dims": 1, "sampling": "sobol"},
+    ],
 )
 def test_bad_grid_settings_are_refused(kwargs: dict) -> None:
     with pytest.raises(ValueError):

@@ -18,7 +18,9 @@ def _sparse_weights(size: int = 400, seed: int = 0) -> torch.Tensor:
     return x
 
 
-@pytest.mark.parametrize("codec", [StochasticQuantizer(bits=4, seed=1), StochasticQuantizer(step=0.7, seed=1)])
+@pytest.mark.parametrize(
+    "codec", [StochasticQuantizer(bits=4, seed=1), StochasticQuantizer(step=0.7, seed=1)]
+)
 def test_quantizer_is_unbiased(codec: StochasticQuantizer) -> None:
     x = _sparse_weights()
     trials = 4000
@@ -73,7 +75,9 @@ def test_corrupt_messages_are_refused(mutate) -> None:
         decode_vector(mutate(payload))
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"bits": 8, "step": 0.1}, {"bits": 0}, {"bits": 40}, {"step": -1.0}])
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"bits": 8, "step": 0.1}, {"bits": 0}, {"bits": 40}, {"step": -1.0}]
+)
 def test_bad_quantizer_settings_are_refused(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         StochasticQuantizer(**kwargs)

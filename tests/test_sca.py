@@ -12,13 +12,19 @@ def _problem(toy_regression, dims: int = 1, per_dim: int = 40):
     grid = GSMPGrid.default(dims, per_dim=per_dim, scale=0.01)
     xt = torch.from_numpy(x[:, :dims])
     gram = SubKernelGram(GSMPKernel(grid), xt)
-    return LocalProblem(gram, torch.from_numpy(y), 0.05), dense_stack(grid, xt, xt), torch.from_numpy(y)
+    return (
+        LocalProblem(gram, torch.from_numpy(y), 0.05),
+        dense_stack(grid, xt, xt),
+        torch.from_numpy(y),
+    )
 
 
 def test_objective_and_gradient_agree_with_autograd(toy_regression) -> None:
     problem, stack, y = _problem(toy_regression)
     gen = torch.Generator().manual_seed(0)
-    a = torch.rand(problem.size, generator=gen, dtype=torch.float64) * (torch.rand(problem.size, generator=gen) < 0.3)
+    a = torch.rand(problem.size, generator=gen, dtype=torch.float64) * (
+        torch.rand(problem.size, generator=gen) < 0.3
+    )
     penalty = ConsensusPenalty(
         lam=torch.randn(problem.size, generator=gen, dtype=torch.float64),
         theta=torch.rand(problem.size, generator=gen, dtype=torch.float64),
@@ -54,4 +60,6 @@ def test_dsca_reaches_a_stationary_point(toy_regression) -> None:
     grad = problem.gradient(problem.evaluate(a, penalty), penalty)
     # KKT for a >= 0: gradient ~0 on the support and non-negative on the zeros
     assert float(grad[a > 0].abs().max()) < 1e-2 * float(grad.abs().max())
-    assert float(torch.cat([grad[a == 0], torch.zeros(1, dtype=grad.dtype)]).min()) > -1e-2 * float(grad.abs().max())
+    assert float(torch.cat([grad[a == 0], torch.zeros(1, dtype=grad.dtype)]).min()) > -1e-2 * float(
+        grad.abs().max()
+    )

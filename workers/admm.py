@@ -75,7 +75,9 @@ class ADMMResult:
         return sum(r.bits_sent for r in self.rounds)
 
 
-def encode_frame(round_: int, rho_dual: float, rho: float, theta: bytes, final: bool = False) -> bytes:
+def encode_frame(
+    round_: int, rho_dual: float, rho: float, theta: bytes, final: bool = False
+) -> bytes:
     return _FRAME.pack(round_, _FINAL if final else 0, rho_dual, rho) + theta
 
 
@@ -155,8 +157,10 @@ class ConsensusADMM:
                 primal_residual=float(torch.linalg.norm(zeta - theta)),
                 dual_residual=float(rho * torch.linalg.norm(theta - theta_old)),
                 primal_tolerance=scale * opts.tol_abs
-                + opts.tol_rel * max(float(torch.linalg.norm(zeta)), float(torch.linalg.norm(theta))),
-                dual_tolerance=scale * opts.tol_abs + opts.tol_rel * float(torch.linalg.norm(rho * lam)),
+                + opts.tol_rel
+                * max(float(torch.linalg.norm(zeta)), float(torch.linalg.norm(theta))),
+                dual_tolerance=scale * opts.tol_abs
+                + opts.tol_rel * float(torch.linalg.norm(rho * lam)),
                 bits_sent=bits,
             )
             result.rounds.append(record)

@@ -128,17 +128,23 @@ class GSMPRegressor:
         started = time.perf_counter()
         self.shards_ = [
             (torch.from_numpy(xs), torch.from_numpy(ys))
-            for xs, ys in zip(np.array_split(x_arr, self.agents), np.array_split(y_arr, self.agents))
+            for xs, ys in zip(
+                np.array_split(x_arr, self.agents), np.array_split(y_arr, self.agents), strict=True
+            )
         ]
         agents = [
             ADMMAgent(
-                LocalProblem(SubKernelGram(kernel, xs, gram_options), ys, self.noise_variance_, sca_options),
+                LocalProblem(
+                    SubKernelGram(kernel, xs, gram_options), ys, self.noise_variance_, sca_options
+                ),
                 admm_options,
                 index=j,
             )
             for j, (xs, ys) in enumerate(self.shards_)
         ]
-        coordinator = ConsensusADMM(InProcessTransport(agents), self.grid_.num_components, admm_options)
+        coordinator = ConsensusADMM(
+            InProcessTransport(agents), self.grid_.num_components, admm_options
+        )
         self.admm_result_: ADMMResult = coordinator.run(on_round)
         self.fit_seconds_ = time.perf_counter() - started
         self.weights_ = self.admm_result_.weights.numpy().copy()
@@ -160,12 +166,16 @@ class GSMPRegressor:
         x_test = torch.from_numpy(_as_matrix(X, "X"))
         if x_test.shape[1] != self.x_train_.shape[1]:
             raise ValueError(
-                f"X has {x_test.shape[1]} features but the model was fitted on {self.x_train_.shape[1]}"
+                f"X has {x_test.shape[1]} features but the model was fitted on "
+                f"{self.x_train_.shape[1]}"
             )
         kernel = self.kernel_
         if (mode or self.prediction) == "fused":
             return fuse_experts(
-                [gp_posterior(kernel, xs, ys, self.noise_variance_, x_test) for xs, ys in self.shards_]
+                [
+                    gp_posterior(kernel, xs, ys, self.noise_variance_, x_test)
+                    for xs, ys in self.shards_
+                ]
             )
         return gp_posterior(kernel, self.x_train_, self.y_train_, self.noise_variance_, x_test)
 

@@ -69,7 +69,9 @@ class SubKernelGram:
             angles = TWO_PI * self.x[:, :1] * self.grid.means[:, 0][None, :]  # (n, A)
             self._cos, self._sin = torch.cos(angles), torch.sin(angles)
             tau = differences(self.x, self.x)[..., 0]
-            self._envelope = torch.exp(-2.0 * math.pi**2 * tau.square() * self.grid.scales[0, 0] ** 2)
+            self._envelope = torch.exp(
+                -2.0 * math.pi**2 * tau.square() * self.grid.scales[0, 0] ** 2
+            )
         elif self.strategy == "cached":
             self._stack = self._build_stack()
 
@@ -136,8 +138,11 @@ class SubKernelGram:
             return (stack.reshape(stack.shape[0], -1) @ w.reshape(-1).to(stack.dtype)).to(
                 torch.float64
             )
-        out = torch.zeros(len(range(*components.indices(self.num_components))), dtype=torch.float64,
-                          device=self.device)
+        out = torch.zeros(
+            len(range(*components.indices(self.num_components))),
+            dtype=torch.float64,
+            device=self.device,
+        )
         for rows in self._row_tiles(components):
             out += torch.einsum("iab,ab->i", self._tile(rows, components), w[rows])
         return out
@@ -148,7 +153,9 @@ class SubKernelGram:
         u = vector.to(self.device, torch.float64)
         if self.strategy == "spectral":
             c, s = self._cos[:, components], self._sin[:, components]
-            return (c * (self._envelope @ (c * u[:, None])) + s * (self._envelope @ (s * u[:, None]))).T
+            return (
+                c * (self._envelope @ (c * u[:, None])) + s * (self._envelope @ (s * u[:, None]))
+            ).T
         if self._stack is not None:
             return (self._stack[components] @ u.to(self._stack.dtype)).to(torch.float64)
         count = len(range(*components.indices(self.num_components)))

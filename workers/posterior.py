@@ -54,4 +54,6 @@ def mse(prediction: Prediction, y: Tensor) -> float:
 def nlpd(prediction: Prediction, y: Tensor) -> float:
     """Mean negative log predictive density of ``y`` under independent Gaussians."""
     var = prediction.variance
-    return float((0.5 * torch.log(2 * math.pi * var) + (y - prediction.mean).square() / (2 * var)).mean())
+    return float(
+        (0.5 * torch.log(2 * math.pi * var) + (y - prediction.mean).square() / (2 * var)).mean()
+    )

@@ -101,7 +101,9 @@ class LocalProblem:
         self._eye = torch.eye(gram.n, dtype=torch.float64, device=gram.device)
 
     # -- objective --------------------------------------------------------------------------
-    def evaluate(self, weights: Tensor, penalty: ConsensusPenalty, gram_sum: Tensor | None = None) -> Evaluation:
+    def evaluate(
+        self, weights: Tensor, penalty: ConsensusPenalty, gram_sum: Tensor | None = None
+    ) -> Evaluation:
         if gram_sum is None:
             gram_sum = self.gram.weighted_sum(weights)
         chol = _cholesky(gram_sum + self.noise_variance * self._eye)
@@ -174,7 +176,11 @@ class LocalProblem:
         a = start.clone()
         gram_sum = point.gram_sum
         chol, u = point.chol, point.alpha_y
-        value = float(self.y @ u) + float(slope @ a) + 0.5 * curvature * float((a - lam0).square().sum())
+        value = (
+            float(self.y @ u)
+            + float(slope @ a)
+            + 0.5 * curvature * float((a - lam0).square().sum())
+        )
         tau = None
         for _ in range(opts.newton_max_iter):
             v = self.gram.matvec(u, block)  # rows K_i u

@@ -25,8 +25,12 @@ def load_job_data(data: DataSection) -> Arrays:
     from gramfed.platform.data import load_split
 
     train, test = load_split(
-        data.train, data.test, target=data.target, features=data.features,
-        x_key=data.x_key, y_key=data.y_key,
+        data.train,
+        data.test,
+        target=data.target,
+        features=data.features,
+        x_key=data.x_key,
+        y_key=data.y_key,
     )
     if test is None:
         return train.x, train.y, None, None
@@ -44,7 +48,7 @@ def run_fit(job_path: Path, output_dir: Path | None = None) -> dict[str, Any]:
     active = np.flatnonzero(model.weights_)
     summary: dict[str, Any] = {
         "name": spec.job.name,
-        "samples": int(len(y_train)),
+        "samples": len(y_train),
         "agents": spec.admm.agents,
         "components": model.grid_.num_components,
         "nonzero_weights": int(active.size),
@@ -64,7 +68,9 @@ def run_fit(job_path: Path, output_dir: Path | None = None) -> dict[str, Any]:
         np.savetxt(
             out / "predictions.csv",
             np.column_stack([y_test, prediction.mean.numpy(), prediction.std.numpy()]),
-            delimiter=",", header="y,mean,std", comments="",
+            delimiter=",",
+            header="y,mean,std",
+            comments="",
         )
     model_record = {
         "grid_means": model.grid_.means[active].tolist(),

@@ -19,7 +19,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-bench_app = typer.Typer(help="Benchmarks against published reference figures.", no_args_is_help=True)
+bench_app = typer.Typer(
+    help="Benchmarks against published reference figures.", no_args_is_help=True
+)
 app.add_typer(bench_app, name="bench")
 
 
@@ -43,8 +45,19 @@ def fit(
         typer.echo(json.dumps(summary))
         return
     table = Table(title=f"gramfed fit: {summary['name']}", show_header=False)
-    for key in ("samples", "agents", "components", "nonzero_weights", "noise_variance",
-                "admm_rounds", "fit_seconds", "bits_sent", "test_mse", "nlpd", "output_dir"):
+    for key in (
+        "samples",
+        "agents",
+        "components",
+        "nonzero_weights",
+        "noise_variance",
+        "admm_rounds",
+        "fit_seconds",
+        "bits_sent",
+        "test_mse",
+        "nlpd",
+        "output_dir",
+    ):
         if summary.get(key) is not None:
             table.add_row(key, _fmt(summary[key]))
     stderr.print(table)
@@ -53,12 +66,17 @@ def fit(
 @bench_app.command("slimkl")
 def bench_slimkl_command(
     dataset: Annotated[
-        list[str] | None, typer.Option("--dataset", "-d", help="Dataset name (repeatable); default all.")
+        list[str] | None,
+        typer.Option("--dataset", "-d", help="Dataset name (repeatable); default all."),
     ] = None,
     agents: Annotated[int, typer.Option(help="Number of ADMM agents J.", min=1)] = 2,
-    bits: Annotated[int | None, typer.Option(help="Quantize messages to B bits per weight.", min=1, max=32)] = None,
+    bits: Annotated[
+        int | None, typer.Option(help="Quantize messages to B bits per weight.", min=1, max=32)
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per run on stdout.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per run on stdout.")
+    ] = False,
 ) -> None:
     """Reproduce the SLIM-KL experiments on the shipped datasets, beside the authors' figures."""
     from gramfed.platform.benchmarks import bench_slimkl
@@ -67,7 +85,9 @@ def bench_slimkl_command(
     with user_errors():
         unknown = [n for n in names if n not in SLIMKL_DATASETS]
         if unknown:
-            raise ValueError(f"unknown dataset {unknown[0]!r}; choose from {', '.join(SLIMKL_DATASETS)}")
+            raise ValueError(
+                f"unknown dataset {unknown[0]!r}; choose from {', '.join(SLIMKL_DATASETS)}"
+            )
         rows = []
         for name in names:
             with admm_progress(name, 100) as on_round:
@@ -76,7 +96,9 @@ def bench_slimkl_command(
             if as_json:
                 typer.echo(json.dumps(row), nl=True)
             else:
-                stderr.print(f"{name}: test MSE {row['test_mse']:.4g} in {row['fit_seconds']:.1f} s")
+                stderr.print(
+                    f"{name}: test MSE {row['test_mse']:.4g} in {row['fit_seconds']:.1f} s"
+                )
     if not as_json:
         stderr.print(_bench_table(rows))
 
@@ -98,17 +120,34 @@ def demo() -> None:
 
 def _bench_table(rows: list[dict]) -> Table:
     table = Table(title="SLIM-KL: gramfed beside the authors' MATLAB + MOSEK runs")
-    for col in ("dataset", "J", "bits", "test MSE", "reference MSE", "ratio", "fit s",
-                "reference s", "speed-up", "bits sent", "vs float64"):
+    for col in (
+        "dataset",
+        "J",
+        "bits",
+        "test MSE",
+        "reference MSE",
+        "ratio",
+        "fit s",
+        "reference s",
+        "speed-up",
+        "bits sent",
+        "vs float64",
+    ):
         table.add_column(col, justify="left" if col == "dataset" else "right")
     for r in rows:
         ref_mse, ref_time = r["reference_test_mse"], r["reference_time_s"]
         table.add_row(
-            r["dataset"], str(r["agents"]), str(r["bits"] or "-"), _fmt(r["test_mse"]),
-            _fmt(ref_mse), _fmt(r["test_mse"] / ref_mse) if ref_mse else "-",
-            _fmt(r["fit_seconds"]), _fmt(ref_time),
+            r["dataset"],
+            str(r["agents"]),
+            str(r["bits"] or "-"),
+            _fmt(r["test_mse"]),
+            _fmt(ref_mse),
+            _fmt(r["test_mse"] / ref_mse) if ref_mse else "-",
+            _fmt(r["fit_seconds"]),
+            _fmt(ref_time),
             f"{ref_time / r['fit_seconds']:.0f}x" if ref_time else "-",
-            str(r["bits_sent"]), f"{r['bits_float64_equivalent'] / r['bits_sent']:.1f}x fewer",
+            str(r["bits_sent"]),
+            f"{r['bits_float64_equivalent'] / r['bits_sent']:.1f}x fewer",
         )
     return table
 

@@ -50,7 +50,9 @@ def _slimkl_dir() -> Path:
 def load_slimkl(name: str) -> TrainTestSplit:
     """Load one shipped SLIM-KL dataset as float64 arrays (x: n x P, y: n)."""
     if name not in SLIMKL_DATASETS:
-        raise KeyError(f"unknown SLIM-KL dataset {name!r}; choose from {', '.join(SLIMKL_DATASETS)}")
+        raise KeyError(
+            f"unknown SLIM-KL dataset {name!r}; choose from {', '.join(SLIMKL_DATASETS)}"
+        )
     mat = scipy.io.loadmat(_slimkl_dir() / f"{name}.mat")
 
     def as_x(a: np.ndarray) -> np.ndarray:

@@ -112,7 +112,9 @@ class GSMPKernel(Kernel):
         if self.grid.shared_scales:
             log_env = (-2.0 * math.pi**2) * (tau.square() @ scales[0].square())[None]
         else:
-            log_env = (-2.0 * math.pi**2) * torch.einsum("abp,ip->iab", tau.square(), scales.square())
+            log_env = (-2.0 * math.pi**2) * torch.einsum(
+                "abp,ip->iab", tau.square(), scales.square()
+            )
         cos_part = torch.cos(TWO_PI * means[:, None, None, 0] * tau[None, :, :, 0])
         for p in range(1, tau.shape[-1]):
             cos_part = cos_part * torch.cos(TWO_PI * means[:, None, None, p] * tau[None, :, :, p])
