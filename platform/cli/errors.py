@@ -19,5 +19,5 @@ def user_errors() -> Iterator[None]:
         yield
     except (ValueError, KeyError, FileNotFoundError, FloatingPointError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        stderr.print(Text.assemble(("error: ", "bold red"), message))
+        stderr.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
         raise typer.Exit(USAGE_ERROR) from None

@@ -1,0 +1,93 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from gramfed.platform.cli.main import app
+
+runner = CliRunner()
+
+
+def _write_job(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "job.toml"
+    path.write_text(body)
+    return path
+
+
+def test_help_lists_the_commands() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("fit", "bench", "demo"):
+        assert command in result.output
+
+
+def test_fit_a_shipped_dataset_writes_results(tmp_path: Path) -> None:
+    job = _write_job(
+        tmp_path,
+        '[job]\nname = "ale"\n[data]\ndataset = "slimkl:ale80"\n'
+        "[model]\ncomponents_per_dim = 20\n[admm]\nagents = 2\nbits = 8\nmax_iter = 20\n"
+        f'[output]\ndir = "{tmp_path / "out"}"\n',
+    )
+    result = runner.invoke(app, ["fit", str(job), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["samples"] == 80 and summary["components"] == 80
+    assert summary["test_mse"] < 0.1  # y has variance 0.18
+    saved = json.loads((tmp_path / "out" / "model.json").read_text())
+    assert len(saved["weights"]) == summary["nonzero_weights"]
+    predictions = np.loadtxt(tmp_path / "out" / "predictions.csv", delimiter=",", skiprows=1)
+    assert predictions.shape == (20, 3)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('[data]\ndataset = "slimkl:ale80"\n[admm]\nbitz = 3\n', "unknown key 'admm.bitz'"),
+        ('[data]\ndataset = "slimkl:ale80"\n[admm]\nbits = 64\n', "admm.bits"),
+        ('[data]\ndataset = "slimkl:ale80"\n[admm]\nagents = "two"\n', "admm.agents"),
+        ("[admm]\nagents = 2\n", "data"),
+        ('[data]\ndataset = "slimkl:nope"\n', "unknown SLIM-KL dataset 'nope'"),
+        ('[data]\ndataset = "slimkl:ale80"\n[admm\n', "not valid TOML"),
+    ],
+)
+def test_bad_job_files_give_one_line_errors(tmp_path: Path, body: str, message: str) -> None:
+    result = runner.invoke(app, ["fit", str(_write_job(tmp_path, body))])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_missing_job_file(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["fit", str(tmp_path / "absent.toml")])
+    assert result.exit_code == 2 and "no such file" in result.output
+
+
+def test_bench_slimkl_json_has_the_required_fields() -> None:
+    result = runner.invoke(
+        app, ["bench", "slimkl", "--dataset", "electricitydata", "--bits", "8", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout.strip().splitlines()[-1])
+    required = {
+        "dataset",
+        "agents",
+        "bits",
+        "test_mse",
+        "nlpd",
+        "fit_seconds",
+        "bits_sent",
+        "bits_float64_equivalent",
+        "reference_test_mse",
+        "reference_time_s",
+    }
+    assert required <= row.keys()
+    assert row["dataset"] == "electricitydata" and row["bits"] == 8
+    assert row["reference_test_mse"] == pytest.approx(2426.28)
+    assert row["bits_float64_equivalent"] > 8 * row["bits_sent"]
+
+
+def test_bench_unknown_dataset() -> None:
+    result = runner.invoke(app, ["bench", "slimkl", "--dataset", "nope"])
+    assert result.exit_code == 2 and "unknown dataset 'nope'" in result.output

@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+
+from gramfed.workers.estimator import GSMPRegressor, NotFittedError
+from gramfed.workers.noise import gcv_noise_variance
+
+
+def test_fit_predict_recovers_a_periodic_signal(toy_regression) -> None:
+    x, y = toy_regression
+    model = GSMPRegressor(agents=2, components_per_dim=80, noise=0.01).fit(x, y)
+    mean, std = model.predict(x, return_std=True)
+    assert mean.shape == std.shape == (len(y),)
+    assert np.mean((mean - y) ** 2) < 0.05  # noise variance 0.01 plus smoothing
+    assert np.all(std > 0)
+    assert np.all(model.weights_ >= 0) and 0 < np.count_nonzero(model.weights_) < 80
+
+
+def test_fused_prediction_differs_from_pooled_but_is_sane(toy_regression) -> None:
+    x, y = toy_regression
+    model = GSMPRegressor(agents=2, components_per_dim=80, noise=0.01).fit(x, y)
+    pooled = model.predict(x)
+    fused = model.predict(x, mode="fused")
+    assert not np.allclose(pooled, fused)
+    assert np.mean((fused - y) ** 2) < 0.2
+
+
+def test_get_and_set_params_round_trip() -> None:
+    model = GSMPRegressor(agents=3, bits=6)
+    params = model.get_params()
+    assert params["agents"] == 3 and params["bits"] == 6 and "device" in params
+    clone = GSMPRegressor(**params)
+    assert clone.get_params() == params
+    assert model.set_params(agents=4) is model and model.agents == 4
+    with pytest.raises(ValueError, match="invalid parameter 'agent'"):
+        model.set_params(agent=2)
+
+
+def test_predict_before_fit_is_a_clear_error() -> None:
+    with pytest.raises(NotFittedError, match="not fitted"):
+        GSMPRegressor().predict(np.zeros((2, 1)))
+
+
+@pytest.mark.parametrize(
+    ("x", "y", "message"),
+    [
+        (np.zeros((10, 1)), np.zeros(9), "10 rows but y has 9"),
+        (np.full((10, 1), np.nan), np.zeros(10), "X contains NaN"),
+        (np.zeros((10, 1)), np.r_[np.zeros(9), np.inf], "y contains NaN or infinite"),
+        (np.zeros((0, 1)), np.zeros(0), "non-empty"),
+        (np.zeros((10, 1)), np.zeros((10, 2)), "y must be 1-D"),
+    ],
+)
+def test_bad_training_data_is_refused(x: np.ndarray, y: np.ndarray, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        GSMPRegressor(agents=1).fit(x, y)
+
+
+def test_too_many_agents_is_refused(toy_regression) -> None:
+    x, y = toy_regression
+    with pytest.raises(ValueError, match="agents must be between 1 and n/2"):
+        GSMPRegressor(agents=40).fit(x, y)
+
+
+def test_predict_with_wrong_width_is_refused(toy_regression) -> None:
+    x, y = toy_regression
+    model = GSMPRegressor(agents=1, components_per_dim=10, noise=0.1, admm_max_iter=3).fit(x, y)
+    with pytest.raises(ValueError, match="2 features but the model was fitted on 1"):
+        model.predict(np.zeros((3, 2)))
+
+
+def test_gcv_noise_estimate_recovers_known_variance() -> None:
+    rng = np.random.default_rng(7)
+    t = np.linspace(0, 25, 2000)
+    for variance in (0.05, 0.2, 0.5):
+        noisy = np.round(np.sin(t)) + np.sqrt(variance) * rng.standard_normal(t.size)
+        assert gcv_noise_variance(noisy) == pytest.approx(variance, rel=0.15)
+
+
+def test_gcv_noise_estimate_refuses_bad_input() -> None:
+    with pytest.raises(ValueError, match="at least 3"):
+        gcv_noise_variance(np.ones(2))
+    with pytest.raises(ValueError, match="finite"):
+        gcv_noise_variance(np.array([1.0, np.nan, 2.0, 3.0]))
