@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -10,7 +11,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from gramfed.workers.admm import RoundHook, RoundRecord
 
-stderr = Console(stderr=True)
+# Piped output has no terminal width; do not squeeze tables into 80 columns there.
+stderr = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 @contextmanager
