@@ -91,3 +91,24 @@ def test_bench_slimkl_json_has_the_required_fields() -> None:
 def test_bench_unknown_dataset() -> None:
     result = runner.invoke(app, ["bench", "slimkl", "--dataset", "nope"])
     assert result.exit_code == 2 and "unknown dataset 'nope'" in result.output
+
+
+def test_fit_users_csv_and_refuse_a_bad_one(tmp_path: Path) -> None:
+    t = np.arange(40.0)
+    y = np.sin(2 * np.pi * 0.1 * t)
+    rows = "\n".join(f"{a},{b}" for a, b in zip(t, y, strict=True))
+    (tmp_path / "train.csv").write_text("t,y\n" + rows + "\n")
+    (tmp_path / "bad.csv").write_text("t,y\n1,2\n2,nan\n")
+    settings = "[model]\ncomponents_per_dim = 30\nnoise = 0.01\n[admm]\nagents = 2\nmax_iter = 10\n"
+    job = _write_job(
+        tmp_path,
+        f'[data]\ntrain = "train.csv"\ntarget = "y"\n{settings}'
+        f'[output]\ndir = "{tmp_path / "out"}"\n',
+    )
+    result = runner.invoke(app, ["fit", str(job), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout.strip().splitlines()[-1])["samples"] == 40
+    bad = _write_job(tmp_path, f'[data]\ntrain = "bad.csv"\ntarget = "y"\n{settings}')
+    result = runner.invoke(app, ["fit", str(bad)])
+    assert result.exit_code == 2
+    assert "bad.csv: 1 NaN or infinite values (first in row 2, the target)" in result.output
