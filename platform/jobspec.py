@@ -45,7 +45,7 @@ class ModelSection(_Section):
     freq_upper: float = Field(0.5, gt=0.0)
     scale: PositiveFloat = 1e-3
     sampling: Literal["uniform", "random"] = "uniform"
-    noise: Literal["gcv"] | PositiveFloat = "gcv"
+    noise: Literal["gcv", "learned"] | PositiveFloat = "gcv"
     prediction: Literal["pooled", "fused"] = "pooled"
     seed: int = 0
 

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from gramfed.workers.estimator import GSMPRegressor, NotFittedError
 from gramfed.workers.noise import gcv_noise_variance
@@ -81,3 +82,29 @@ def test_gcv_noise_estimate_refuses_bad_input() -> None:
         gcv_noise_variance(np.ones(2))
     with pytest.raises(ValueError, match="finite"):
         gcv_noise_variance(np.array([1.0, np.nan, 2.0, 3.0]))
+
+
+def _negative_log_evidence(model: GSMPRegressor, x: np.ndarray, y: np.ndarray) -> float:
+    cov = model.kernel_.forward(torch.from_numpy(x), torch.from_numpy(x)).numpy()
+    cov += model.noise_variance_ * np.eye(len(y))
+    _, logdet = np.linalg.slogdet(cov)
+    return float(y @ np.linalg.solve(cov, y) + logdet)
+
+
+def test_learned_noise_never_does_worse_than_the_gcv_noise_it_starts_from(
+    toy_regression,
+) -> None:
+    x, y = toy_regression
+    settings = {"agents": 1, "components_per_dim": 30, "scale": 0.01}
+    fixed = GSMPRegressor(noise="gcv", **settings).fit(x, y)
+    learned = GSMPRegressor(noise="learned", **settings).fit(x, y)
+    assert learned.weights_.shape == (30,)  # the noise weight is not a kernel weight
+    assert learned.noise_variance_ >= 1e-6 * np.var(y)
+    assert learned.noise_variance_ != fixed.noise_variance_
+    assert _negative_log_evidence(learned, x, y) <= _negative_log_evidence(fixed, x, y) + 1e-6
+
+
+def test_unknown_noise_option_is_refused(toy_regression) -> None:
+    x, y = toy_regression
+    with pytest.raises(ValueError, match="noise must be 'gcv', 'learned' or a number"):
+        GSMPRegressor(noise="guess").fit(x, y)

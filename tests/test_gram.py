@@ -2,7 +2,7 @@ import pytest
 import torch
 from conftest import dense_stack
 
-from gramfed.workers.gram import GramOptions, SubKernelGram
+from gramfed.workers.gram import GramOptions, NoiseAugmentedGram, SubKernelGram
 from gramfed.workers.kernels.gsmp import GSMPGrid, GSMPKernel
 
 
@@ -67,3 +67,23 @@ def test_random_grid_is_seeded_and_within_bounds() -> None:
 def test_bad_grid_settings_are_refused(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         GSMPGrid.default(**kwargs)
+
+
+def test_noise_augmented_stack_appends_the_identity() -> None:
+    gen = torch.Generator().manual_seed(7)
+    grid = GSMPGrid.default(2, per_dim=4, scale=0.05)
+    x = 5 * torch.rand(12, 2, generator=gen, dtype=torch.float64)
+    stack = torch.cat([dense_stack(grid, x, x), torch.eye(12, dtype=torch.float64)[None]])
+    gram = NoiseAugmentedGram(SubKernelGram(GSMPKernel(grid), x))
+    assert gram.num_components == grid.num_components + 1
+    w = torch.rand(gram.num_components, generator=gen, dtype=torch.float64)
+    mat = torch.randn(12, 12, generator=gen, dtype=torch.float64)
+    u = torch.randn(12, generator=gen, dtype=torch.float64)
+    last = gram.num_components - 1
+    # a block that straddles the kernels and the identity, one of kernels only, the identity alone
+    for part in (slice(3, None), slice(0, 5), slice(last, None)):
+        torch.testing.assert_close(
+            gram.weighted_sum(w[part], part), torch.tensordot(w[part], stack[part], 1)
+        )
+        torch.testing.assert_close(gram.inner(mat, part), (stack[part] * mat).sum((1, 2)))
+        torch.testing.assert_close(gram.matvec(u, part), stack[part] @ u)

@@ -103,8 +103,10 @@ class ADMMAgent:
         self.local_objective: list[float] = []
 
     def step(self, frame: bytes) -> bytes:
-        _, final, rho_dual, rho, theta_bytes = decode_frame(frame)
+        round_, final, rho_dual, rho, theta_bytes = decode_frame(frame)
         theta = self.codec.decode(theta_bytes).to(self.zeta)
+        if round_ == 1:
+            self.zeta = theta.clone()  # every agent starts from the broadcast starting point
         if rho_dual > 0:
             self.lam += rho_dual * (self.sent - theta)
         if final:
@@ -128,17 +130,30 @@ RoundHook = Callable[[RoundRecord], None]
 class ConsensusADMM:
     """The coordinator: averages agents' messages, balances rho, decides when to stop."""
 
-    def __init__(self, transport: Transport, num_components: int, options: ADMMOptions) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        num_components: int,
+        options: ADMMOptions,
+        start: Tensor | None = None,
+    ) -> None:
         self.transport = transport
         self.size = num_components
         self.options = options
         self.codec = options.codec(stream=0)
+        self.start = (
+            torch.zeros(num_components, dtype=torch.float64)
+            if start is None
+            else start.to(torch.float64).cpu()
+        )
+        if self.start.shape != (num_components,) or bool((self.start < 0).any()):
+            raise ValueError(f"the starting point must be {num_components} non-negative weights")
 
     def run(self, on_round: RoundHook | None = None) -> ADMMResult:
         opts, agents = self.options, self.transport.num_agents
-        theta = torch.zeros(self.size, dtype=torch.float64)
         lam = torch.zeros(agents, self.size, dtype=torch.float64)
-        theta_bytes = self.codec.encode(theta)
+        theta_bytes = self.codec.encode(self.start)
+        theta = self.codec.decode(theta_bytes)
         rho, rho_dual = opts.rho0, 0.0
         result = ADMMResult(weights=theta)
         scale = math.sqrt(self.size * agents)

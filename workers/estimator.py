@@ -15,12 +15,14 @@ import torch
 from torch import Tensor
 
 from gramfed.workers.admm import ADMMAgent, ADMMOptions, ADMMResult, ConsensusADMM, RoundHook
-from gramfed.workers.gram import GramOptions, SubKernelGram
+from gramfed.workers.gram import GramOptions, NoiseAugmentedGram, SubKernelGram
 from gramfed.workers.kernels.gsmp import GSMPGrid, GSMPKernel
 from gramfed.workers.noise import gcv_noise_variance
 from gramfed.workers.posterior import Prediction, fuse_experts, gp_posterior
 from gramfed.workers.sca import LocalProblem, SCAOptions
 from gramfed.workers.transport import InProcessTransport
+
+LEARNED_NOISE_FLOOR = 1e-6  # times var(y): keeps C positive definite when the noise weight is 0
 
 
 class NotFittedError(RuntimeError):
@@ -32,7 +34,11 @@ class GSMPRegressor:
 
     ``agents`` contiguous shards each solve their local problem by DSCA; consensus ADMM
     joins them. ``bits`` (or ``step``) quantizes every message. ``noise="gcv"`` fixes the
-    noise variance by the smoothing-spline GCV estimate; a float fixes it directly.
+    noise variance by the smoothing-spline GCV estimate; ``noise="learned"`` adds it to the
+    consensus weights (an identity component above a floor of ``1e-6 var(y)``, started at
+    the GCV estimate) so marginal likelihood chooses it; a float fixes it directly. A dense
+    GSMP grid can tile the whole spectrum and so absorb white noise itself: the learned
+    noise is then weakly identified and may fall to the floor, with the kernel carrying it.
     ``prediction`` chooses the pooled posterior or the fusion of per-agent posteriors.
     """
 
@@ -48,7 +54,7 @@ class GSMPRegressor:
         freq_upper: float = 0.5,
         scale: float = 1e-3,
         sampling: Literal["uniform", "random"] = "uniform",
-        noise: Literal["gcv"] | float = "gcv",
+        noise: Literal["gcv", "learned"] | float = "gcv",
         admm_max_iter: int = 100,
         rho0: float = 1e-10,
         sca_max_iter: int = 100,
@@ -103,9 +109,14 @@ class GSMPRegressor:
                 f"agents must be between 1 and n/2 = {len(y_arr) // 2} for {len(y_arr)} samples, "
                 f"got {self.agents}"
             )
-        self.noise_variance_ = (
-            gcv_noise_variance(y_arr) if self.noise == "gcv" else float(self.noise)
-        )
+        learned = self.noise == "learned"
+        if self.noise in ("gcv", "learned"):
+            self.noise_variance_ = gcv_noise_variance(y_arr)
+        elif isinstance(self.noise, str):
+            raise ValueError(f"noise must be 'gcv', 'learned' or a number, got {self.noise!r}")
+        else:
+            self.noise_variance_ = float(self.noise)
+        noise_floor = LEARNED_NOISE_FLOOR * float(np.var(y_arr)) if learned else 0.0
         self.grid_ = GSMPGrid.default(
             x_arr.shape[1],
             self.components_per_dim,
@@ -135,19 +146,27 @@ class GSMPRegressor:
         agents = [
             ADMMAgent(
                 LocalProblem(
-                    SubKernelGram(kernel, xs, gram_options), ys, self.noise_variance_, sca_options
+                    _gram_stack(SubKernelGram(kernel, xs, gram_options), learned),
+                    ys,
+                    noise_floor if learned else self.noise_variance_,
+                    sca_options,
                 ),
                 admm_options,
                 index=j,
             )
             for j, (xs, ys) in enumerate(self.shards_)
         ]
-        coordinator = ConsensusADMM(
-            InProcessTransport(agents), self.grid_.num_components, admm_options
-        )
+        size = self.grid_.num_components + int(learned)
+        start = torch.zeros(size, dtype=torch.float64)
+        if learned:
+            start[-1] = max(self.noise_variance_ - noise_floor, 0.0)
+        coordinator = ConsensusADMM(InProcessTransport(agents), size, admm_options, start)
         self.admm_result_: ADMMResult = coordinator.run(on_round)
         self.fit_seconds_ = time.perf_counter() - started
-        self.weights_ = self.admm_result_.weights.numpy().copy()
+        consensus = self.admm_result_.weights.numpy()
+        self.weights_ = consensus[: self.grid_.num_components].copy()
+        if learned:
+            self.noise_variance_ = noise_floor + float(consensus[-1])
         self.x_train_, self.y_train_ = torch.from_numpy(x_arr), torch.from_numpy(y_arr)
         return self
 
@@ -190,6 +209,10 @@ class GSMPRegressor:
     def _check_fitted(self) -> None:
         if not hasattr(self, "weights_"):
             raise NotFittedError("this GSMPRegressor is not fitted yet; call fit(X, y) first")
+
+
+def _gram_stack(gram: SubKernelGram, learned_noise: bool) -> SubKernelGram | NoiseAugmentedGram:
+    return NoiseAugmentedGram(gram) if learned_noise else gram
 
 
 def _as_matrix(X: np.ndarray, name: str) -> np.ndarray:

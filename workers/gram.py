@@ -170,3 +170,53 @@ def _normalise(components: slice, total: int) -> slice:
     if step != 1:
         raise ValueError("component selections must be contiguous slices")
     return slice(start, stop)
+
+
+class NoiseAugmentedGram:
+    """A sub-kernel stack with one more component, the identity, for a learned noise variance.
+
+    Component ``A`` (the last) is ``I``, so its weight is the noise variance above the fixed
+    floor the local problem adds. The identity is PSD like every sub-kernel, so the convex
+    structure the solver relies on is unchanged; its reductions are exact and free
+    (``w I``, ``tr W``, ``u``).
+    """
+
+    def __init__(self, gram: SubKernelGram) -> None:
+        self.gram = gram
+        self.device = gram.device
+        self.n = gram.n
+        self.num_components = gram.num_components + 1
+
+    def _split(self, components: slice) -> tuple[slice, bool]:
+        selected = _normalise(components, self.num_components)
+        kernels = self.gram.num_components
+        return slice(min(selected.start, kernels), min(selected.stop, kernels)), (
+            selected.start <= kernels < selected.stop
+        )
+
+    def weighted_sum(self, weights: Tensor, components: slice = slice(None)) -> Tensor:
+        kernels, identity = self._split(components)
+        w = weights.to(self.device, torch.float64)
+        count = kernels.stop - kernels.start
+        if count:
+            out = self.gram.weighted_sum(w[:count], kernels)
+        else:
+            out = torch.zeros(self.n, self.n, dtype=torch.float64, device=self.device)
+        if identity:
+            out = out + w[count] * torch.eye(self.n, dtype=torch.float64, device=self.device)
+        return out
+
+    def inner(self, matrix: Tensor, components: slice = slice(None)) -> Tensor:
+        kernels, identity = self._split(components)
+        parts = [self.gram.inner(matrix, kernels)] if kernels.stop > kernels.start else []
+        if identity:
+            parts.append(torch.trace(matrix.to(self.device, torch.float64))[None])
+        return torch.cat(parts)
+
+    def matvec(self, vector: Tensor, components: slice = slice(None)) -> Tensor:
+        kernels, identity = self._split(components)
+        u = vector.to(self.device, torch.float64)
+        parts = [self.gram.matvec(u, kernels)] if kernels.stop > kernels.start else []
+        if identity:
+            parts.append(u[None, :])
+        return torch.cat(parts)

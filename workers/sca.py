@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from gramfed.workers.gram import SubKernelGram
+from gramfed.workers.gram import NoiseAugmentedGram, SubKernelGram
 
 ProgressHook = Callable[[int, float], None]
 
@@ -86,7 +86,7 @@ class LocalProblem:
 
     def __init__(
         self,
-        gram: SubKernelGram,
+        gram: SubKernelGram | NoiseAugmentedGram,
         y: Tensor,
         noise_variance: float,
         options: SCAOptions | None = None,
@@ -188,7 +188,6 @@ class LocalProblem:
             hess = 2.0 * (z.T @ z)
             if tau is None:
                 tau = opts.proximal * max(float(torch.diagonal(hess).mean()), 1e-300)
-                value += 0.0  # proximal term is zero at the start point
             reg = curvature + tau
             grad = -(v @ u) + slope + curvature * (a - lam0) + tau * (a - start)
             active = (a <= 0.0) & (grad > 0.0)
