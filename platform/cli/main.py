@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from gramfed.platform.cli.audit import audit_app
 from gramfed.platform.cli.errors import user_errors
 from gramfed.platform.cli.fit import run_fit
 from gramfed.platform.cli.progress import admm_progress, stderr
@@ -23,6 +24,7 @@ bench_app = typer.Typer(
     help="Benchmarks against published reference figures.", no_args_is_help=True
 )
 app.add_typer(bench_app, name="bench")
+app.add_typer(audit_app, name="audit")
 
 
 @app.command()

@@ -1,0 +1,239 @@
+"""Privacy maps, calibration, and the distribution of every sampler and mechanism.
+
+Statistical tests use fixed seeds (``SeededBits``), so they are deterministic; each compares the
+samples with the exact claimed distribution (chi-square on integer values, Kolmogorov-Smirnov
+on real ones) and checks that a 10% error in the scale would have been caught.
+"""
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from gramfed.privacy import fixedpoint, samplers
+from gramfed.privacy.accountant import DiscreteGaussianEvent, PureDPEvent, zcdp_epsilon
+from gramfed.privacy.errors import MechanismError
+from gramfed.privacy.mechanisms import (
+    SHIPPED,
+    DiscreteGaussianMechanism,
+    DiscreteLaplaceMechanism,
+    GaussianMechanism,
+    LaplaceMechanism,
+    calibrated,
+    claimed_epsilon,
+    gaussian_sigma_for_rho,
+)
+from gramfed.privacy.rng import SeededBits
+
+N = 20_000
+ALPHA = 1e-3  # significance of each goodness-of-fit test
+
+
+def _chi_square_p(samples: np.ndarray, log_weight) -> float:
+    """Chi-square p-value of integer samples against P[x] proportional to exp(log_weight(x))."""
+    lo, hi = int(samples.min()), int(samples.max())
+    support = np.arange(lo - 50, hi + 51)
+    logw = log_weight(support.astype(float))
+    pmf = np.exp(logw - logw.max())
+    pmf /= pmf.sum()
+    expected = pmf * len(samples)
+    # Pool sparse tails so that every cell expects at least 5.
+    keep = expected >= 5
+    first, last = np.argmax(keep), len(keep) - np.argmax(keep[::-1]) - 1
+    counts = np.bincount(samples - support[0], minlength=len(support)).astype(float)
+    obs = np.concatenate(
+        [[counts[:first].sum()], counts[first : last + 1], [counts[last + 1 :].sum()]]
+    )
+    exp = np.concatenate(
+        [[expected[:first].sum()], expected[first : last + 1], [expected[last + 1 :].sum()]]
+    )
+    return float(stats.chisquare(obs, exp * obs.sum() / exp.sum()).pvalue)
+
+
+def _gaussian_log_weight(sigma2: float):
+    return lambda x: -(x * x) / (2 * sigma2)
+
+
+def _laplace_log_weight(scale: float):
+    return lambda x: -np.abs(x) / scale
+
+
+# --------------------------------------------------------------------------- exact samplers
+
+
+@pytest.mark.parametrize("gamma", [Fraction(0), Fraction(1, 3), Fraction(1), Fraction(5, 2)])
+def test_bernoulli_exp_has_probability_exp_minus_gamma(gamma: Fraction) -> None:
+    rng = SeededBits(7)
+    hits = sum(samplers.bernoulli_exp(gamma, rng) for _ in range(N))
+    p = math.exp(-gamma)
+    assert stats.binomtest(hits, N, p).pvalue > ALPHA
+
+
+@pytest.mark.parametrize("sigma2", [Fraction(1, 2), Fraction(4), Fraction(250, 3)])
+def test_discrete_gaussian_sampler_matches_its_pmf(sigma2: Fraction) -> None:
+    x = samplers.discrete_gaussian_array(sigma2, N, SeededBits(11))
+    assert _chi_square_p(x, _gaussian_log_weight(float(sigma2))) > ALPHA
+    assert _chi_square_p(x, _gaussian_log_weight(float(sigma2) * 1.1**2)) < ALPHA
+
+
+@pytest.mark.parametrize("scale", [Fraction(1, 3), Fraction(1), Fraction(25, 2)])
+def test_discrete_laplace_sampler_matches_its_pmf(scale: Fraction) -> None:
+    x = samplers.discrete_laplace_array(scale, N, SeededBits(13))
+    assert _chi_square_p(x, _laplace_log_weight(float(scale))) > ALPHA
+    assert _chi_square_p(x, _laplace_log_weight(float(scale) * 1.1)) < ALPHA
+
+
+def test_seeded_bits_are_reproducible_and_uniform() -> None:
+    assert [SeededBits(3).randbits(64) for _ in range(2)] == [SeededBits(3).randbits(64)] * 2
+    rng = SeededBits(5)
+    draws = np.array([rng.randbelow(6) for _ in range(6000)])
+    assert stats.chisquare(np.bincount(draws, minlength=6)).pvalue > ALPHA
+    assert rng.randbits(200) < 2**200
+
+
+# --------------------------------------------------------------------------- privacy maps
+
+
+def test_discrete_gaussian_map_is_sensitivity_squared_over_two_sigma_squared() -> None:
+    m = DiscreteGaussianMechanism(Fraction(9, 2), l2_sensitivity=3, dim=4)
+    loss = m.privacy_map()
+    assert loss.rho == Fraction(9) / (2 * Fraction(9, 2)) == 1
+    assert loss.events == (DiscreteGaussianEvent(Fraction(9, 2), Fraction(9)),)
+    counts = DiscreteGaussianMechanism(8, unit_changes=2)
+    assert counts.privacy_map().rho == Fraction(2, 16)
+    assert counts.sensitivity == pytest.approx(math.sqrt(2))
+
+
+def test_gaussian_map_charges_the_rounding_slack_of_the_grid() -> None:
+    # Grid 2^-10: sigma = 1 is 2^10 units, sensitivity 1 is 2^10 units, plus ceil(sqrt(dim)) units
+    # because rounding each coordinate moves it by at most half a unit.
+    m = GaussianMechanism(1.0, 1.0, dim=4, grid_exponent=-10)
+    assert m.sigma2_units == 2**20
+    assert m.sensitivity_units == 1024 + 2
+    assert m.privacy_map().rho == Fraction(1026**2, 2 * 2**20)
+    assert m.noise_sd == 1.0
+
+
+def test_rounded_neighbours_stay_within_the_charged_sensitivity() -> None:
+    rng = np.random.default_rng(0)
+    e, dim, sens = -6, 9, 0.37
+    bound = fixedpoint.l2_units(sens, e, dim)
+    for _ in range(2000):
+        a = rng.normal(0, 10, dim)
+        step = rng.normal(0, 1, dim)
+        b = a + step / np.linalg.norm(step) * sens * rng.uniform(0, 1)
+        moved = fixedpoint.encode(a, e) - fixedpoint.encode(b, e)
+        assert Fraction(float(np.linalg.norm(moved))) <= bound
+
+
+def test_laplace_maps_are_pure_epsilon() -> None:
+    d = DiscreteLaplaceMechanism(Fraction(2), Fraction(3), dim=2)
+    assert d.privacy_map().pure_epsilon == Fraction(3, 2)
+    assert d.privacy_map().rho == Fraction(9, 8)
+    assert d.privacy_map().events == (PureDPEvent(Fraction(3, 2)),)
+    m = LaplaceMechanism(1.0, 1.0, dim=3, grid_exponent=-8)
+    assert m.scale_units == 256 and m.sensitivity_units == 256 + 3
+    assert m.privacy_map().pure_epsilon == Fraction(259, 256)
+
+
+@pytest.mark.parametrize("rho", [0.01, 0.5, 3.0])
+@pytest.mark.parametrize("dim", [1, 10])
+def test_gaussian_calibration_meets_the_target_tightly(rho: float, dim: int) -> None:
+    m = GaussianMechanism.for_rho(rho, l2_sensitivity=2.5, dim=dim)
+    got = m.privacy_map().rho
+    assert got <= Fraction(rho)
+    assert float(got) == pytest.approx(rho, rel=1e-4)
+    assert m.noise_sd == pytest.approx(gaussian_sigma_for_rho(rho, 2.5), rel=1e-4)
+    dg = DiscreteGaussianMechanism.for_rho(rho, unit_changes=dim)
+    assert dg.privacy_map().rho <= Fraction(rho)
+
+
+def test_epsilon_calibration_meets_the_target() -> None:
+    g = GaussianMechanism.for_epsilon(1.0, 1e-6, l2_sensitivity=1.0)
+    assert claimed_epsilon(g, 1e-6) <= 1.0
+    assert claimed_epsilon(g, 1e-6) == pytest.approx(1.0, rel=1e-3)
+    lap = LaplaceMechanism.for_epsilon(0.5, l1_sensitivity=2.0, dim=3)
+    assert lap.privacy_map().pure_epsilon <= Fraction(1, 2)
+    for name in SHIPPED:
+        m = calibrated(name, 1.0, 1e-6, sensitivity=1.5)
+        assert claimed_epsilon(m, 1e-6) <= 1.0 + 1e-12, name
+        assert m.sensitivity >= 1.5, name  # calibration never understates the sensitivity
+    with pytest.raises(MechanismError, match="unknown mechanism"):
+        calibrated("exponential", 1.0)
+
+
+def test_the_map_uses_public_parameters_only() -> None:
+    m = GaussianMechanism.for_rho(0.1, l2_sensitivity=1.0)
+    before = m.privacy_map()
+    m.apply(np.full(1, 1e6), SeededBits(1))
+    assert m.privacy_map() == before
+    assert zcdp_epsilon(before.rho, 1e-6) == claimed_epsilon(m, 1e-6)
+
+
+@pytest.mark.parametrize(
+    ("factory", "error"),
+    [
+        (lambda: GaussianMechanism(0.0, 1.0), "sigma"),
+        (lambda: GaussianMechanism(1.0, -1.0), "l2_sensitivity"),
+        (lambda: DiscreteGaussianMechanism(4), "exactly one"),
+        (lambda: DiscreteGaussianMechanism(4, l2_sensitivity=1, unit_changes=1), "exactly one"),
+        (lambda: DiscreteLaplaceMechanism(0, 1), "scale"),
+        (lambda: LaplaceMechanism(1.0, 1.0, dim=0), "dim"),
+    ],
+)
+def test_invalid_public_parameters_are_refused(factory, error: str) -> None:
+    with pytest.raises(MechanismError, match=error):
+        factory()
+
+
+def test_answers_must_fit_what_was_priced() -> None:
+    m = GaussianMechanism(1.0, 1.0, dim=2)
+    with pytest.raises(MechanismError, match="priced for 2"):
+        m.apply([1.0, 2.0, 3.0])
+    with pytest.raises(MechanismError, match="NaN"):
+        m.apply([1.0, float("nan")])
+    with pytest.raises(MechanismError, match="integer answers"):
+        DiscreteLaplaceMechanism(1, 1).apply(0.5)
+    out = m.apply(np.array([1.0, 2.0]), SeededBits(2))
+    assert out.shape == (2,) and not out.flags.writeable
+    assert isinstance(DiscreteGaussianMechanism(2, unit_changes=1).apply(3, SeededBits(2)), int)
+
+
+# --------------------------------------------------------------------------- mechanism noise
+
+
+def test_gaussian_mechanism_noise_is_normal_with_the_claimed_sd() -> None:
+    m = GaussianMechanism.for_rho(0.5, l2_sensitivity=2.0)
+    noise = m.sample(3.25, N, SeededBits(21)) - 3.25
+    assert stats.kstest(noise, "norm", args=(0, m.noise_sd)).pvalue > ALPHA
+    assert stats.kstest(noise, "norm", args=(0, 1.1 * m.noise_sd)).pvalue < ALPHA
+
+
+def test_laplace_mechanism_noise_is_laplace_with_the_claimed_scale() -> None:
+    m = LaplaceMechanism.for_epsilon(1.0, l1_sensitivity=0.5)
+    noise = m.sample(-7.5, N, SeededBits(22)) + 7.5
+    assert stats.kstest(noise, "laplace", args=(0, m.noise_scale)).pvalue > ALPHA
+    assert stats.kstest(noise, "laplace", args=(0, 1.1 * m.noise_scale)).pvalue < ALPHA
+
+
+def test_discrete_gaussian_mechanism_noise_has_the_claimed_pmf() -> None:
+    m = DiscreteGaussianMechanism(Fraction(50), unit_changes=1)
+    noise = m.sample(10, N, SeededBits(23)) - 10
+    assert _chi_square_p(noise, _gaussian_log_weight(50.0)) > ALPHA
+    assert _chi_square_p(noise, _gaussian_log_weight(50.0 * 1.21)) < ALPHA
+
+
+def test_discrete_laplace_mechanism_noise_has_the_claimed_pmf() -> None:
+    m = DiscreteLaplaceMechanism.for_epsilon(Fraction(1, 4), l1_sensitivity=1)
+    noise = m.sample(0, N, SeededBits(24))
+    assert _chi_square_p(noise, _laplace_log_weight(4.0)) > ALPHA
+    assert _chi_square_p(noise, _laplace_log_weight(4.4)) < ALPHA
+
+
+def test_every_coordinate_gets_independent_noise() -> None:
+    m = GaussianMechanism(1.0, 1.0, dim=2000)
+    out = m.apply(np.zeros(2000), SeededBits(25))
+    assert stats.kstest(out, "norm", args=(0, m.noise_sd)).pvalue > ALPHA
+    assert abs(np.corrcoef(out[:-1], out[1:])[0, 1]) < 0.1
