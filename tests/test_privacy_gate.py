@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gramfed.privacy import keys
 from gramfed.privacy.budget import PoolSpec, PrivacyUnit, Rho
 from gramfed.privacy.errors import (
     BudgetExceeded,
@@ -34,13 +33,6 @@ from gramfed.privacy.rng import SeededBits
 POOL = "census:record"
 # rho = 1 / (2 * 50) = 1/100 exactly, so budgets divide without rounding.
 COUNT = DiscreteGaussianMechanism(Fraction(50), unit_changes=1)
-
-
-@pytest.fixture
-def key_path(tmp_path: Path) -> Path:
-    path = tmp_path / "keys" / "ledger.key"
-    keys.generate(path)
-    return path
 
 
 @pytest.fixture

@@ -22,13 +22,6 @@ COUNT = DiscreteGaussianMechanism(Fraction(50), unit_changes=1)  # rho = 1/100
 
 
 @pytest.fixture
-def key_path(tmp_path: Path) -> Path:
-    path = tmp_path / "keys" / "ledger.key"
-    keys.generate(path)
-    return path
-
-
-@pytest.fixture
 def filled(tmp_path: Path, key_path: Path) -> Iterator[Path]:
     """A ledger with a pool and eight entries: pool, 5 releases, a refusal, a post-processing."""
     path = tmp_path / "ledger.db"
