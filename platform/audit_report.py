@@ -203,35 +203,73 @@ def _pool_html(pool: PoolReport) -> str:
     )
 
 
+_RELEASE_HEADERS = [
+    "#",
+    "Time (UTC)",
+    "Pool",
+    "Requested by",
+    "Purpose",
+    "Kind",
+    "Method",
+    "Parameters",
+    "Cost ρ",
+    "Cost (ε, δ)",
+    "Integrity",
+]
+_REFUSAL_HEADERS = [
+    "#",
+    "Time (UTC)",
+    "Pool",
+    "Requested by",
+    "Purpose",
+    "Method",
+    "Reason",
+    "Asked ρ",
+    "Left ρ",
+    "Integrity",
+]
+_DERIVED_HEADERS = [
+    "#",
+    "Time (UTC)",
+    "Requested by",
+    "Purpose",
+    "Function",
+    "Computed from entries",
+    "Pools",
+    "Private",
+    "Integrity",
+]
+
+
 def _release_cells(r: ReleaseRow) -> list[str]:
-    kind = _KIND_LABELS.get(r.kind, r.kind)
-    if r.kind != "release":
-        kind = f'<span class="tag-bad">{_e(kind)}</span>'
-    method = _e(r.mechanism) + (f"<br>to {_e(r.recipient)}" if r.recipient else "")
     return [
         str(r.seq),
-        _e(_when(r.time)),
-        _e(r.pool),
-        _e(r.requester),
-        _e(r.description),
-        kind,
-        method,
-        f'<span class="params">{_e(_params(r.parameters))}</span>',
+        _when(r.time),
+        r.pool,
+        r.requester,
+        r.description,
+        _KIND_LABELS.get(r.kind, r.kind),
+        r.mechanism + (f" to {r.recipient}" if r.recipient else ""),
+        _params(r.parameters),
         _num(r.rho),
-        _e(_cost(r)),
+        _cost(r),
         _integrity(r.verified),
     ]
+
+
+def _release_styles(r: ReleaseRow) -> dict[int, str]:
+    return {7: "params"} | ({} if r.kind == "release" else {5: "tag-bad"})
 
 
 def _refusal_cells(r: RefusalRow) -> list[str]:
     return [
         str(r.seq),
-        _e(_when(r.time)),
-        _e(r.pool),
-        _e(r.requester),
-        _e(r.description),
-        _e(r.mechanism),
-        _e(r.reason),
+        _when(r.time),
+        r.pool,
+        r.requester,
+        r.description,
+        r.mechanism,
+        r.reason,
         _num(r.requested_rho),
         _num(r.remaining_rho),
         _integrity(r.verified),
@@ -241,15 +279,23 @@ def _refusal_cells(r: RefusalRow) -> list[str]:
 def _postprocess_cells(p: PostprocessRow) -> list[str]:
     return [
         str(p.seq),
-        _e(_when(p.time)),
-        _e(p.requester),
-        _e(p.description),
-        _e(p.function),
+        _when(p.time),
+        p.requester,
+        p.description,
+        p.function,
         ", ".join(f"#{n}" for n in p.parents),
-        _e(", ".join(p.pools)),
-        "yes" if p.dp else '<span class="tag-bad">no (uses exact values)</span>',
+        ", ".join(p.pools),
+        "yes" if p.dp else "no (uses exact values)",
         _integrity(p.verified),
     ]
+
+
+def _html_cells(cells: list[str], styles: dict[int, str] | None = None) -> list[str]:
+    """Escaped cells, the ones named in ``styles`` wrapped in a span of that CSS class."""
+    out = [_e(c) for c in cells]
+    for column, css in (styles or {}).items():
+        out[column] = f'<span class="{css}">{out[column]}</span>'
+    return out
 
 
 _EMPIRICAL_HEADERS = [
@@ -291,54 +337,24 @@ def render_html(report: Report) -> str:
     warnings = "".join(f"<li>{_e(w)}</li>" for w in report.warnings) or "<li>None.</li>"
     pools = "".join(_pool_html(p) for p in report.pools) or "<p>The ledger has no pools.</p>"
     releases = _table(
-        [
-            "#",
-            "Time (UTC)",
-            "Pool",
-            "Requested by",
-            "Purpose",
-            "Kind",
-            "Method",
-            "Parameters",
-            "Cost ρ",
-            "Cost (ε, δ)",
-            "Integrity",
-        ],
-        [(_release_cells(r), r.verified) for r in report.releases],
+        _RELEASE_HEADERS,
+        [(_html_cells(_release_cells(r), _release_styles(r)), r.verified) for r in report.releases],
     )
     refusals = _table(
-        [
-            "#",
-            "Time (UTC)",
-            "Pool",
-            "Requested by",
-            "Purpose",
-            "Method",
-            "Reason",
-            "Asked ρ",
-            "Left ρ",
-            "Integrity",
-        ],
-        [(_refusal_cells(r), r.verified) for r in report.refusals],
+        _REFUSAL_HEADERS,
+        [(_html_cells(_refusal_cells(r)), r.verified) for r in report.refusals],
     )
     derived = _table(
+        _DERIVED_HEADERS,
         [
-            "#",
-            "Time (UTC)",
-            "Requested by",
-            "Purpose",
-            "Function",
-            "Computed from entries",
-            "Pools",
-            "Private",
-            "Integrity",
+            (_html_cells(_postprocess_cells(p), {} if p.dp else {7: "tag-bad"}), p.verified)
+            for p in report.postprocessing
         ],
-        [(_postprocess_cells(p), p.verified) for p in report.postprocessing],
     )
     # Attached tests are not part of the signed chain, so no row is marked verified.
     empirical = _table(
         _EMPIRICAL_HEADERS,
-        [([_e(c) for c in _empirical_cells(t)], True) for t in report.empirical_tests],
+        [(_html_cells(_empirical_cells(t)), True) for t in report.empirical_tests],
     )
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -447,103 +463,19 @@ def render_markdown(report: Report) -> str:
             out += ["", *(f"- {w}" for w in p.warnings)]
     out += ["", f"## Releases ({len(report.releases)})", ""]
     out.append(
-        _md_table(
-            [
-                "#",
-                "Time (UTC)",
-                "Pool",
-                "Requested by",
-                "Purpose",
-                "Kind",
-                "Method",
-                "Parameters",
-                "Cost ρ",
-                "Cost (ε, δ)",
-                "Integrity",
-            ],
-            [
-                [
-                    str(r.seq),
-                    _when(r.time),
-                    r.pool,
-                    r.requester,
-                    r.description,
-                    _KIND_LABELS.get(r.kind, r.kind),
-                    r.mechanism + (f" to {r.recipient}" if r.recipient else ""),
-                    _params(r.parameters),
-                    _num(r.rho),
-                    _cost(r),
-                    _integrity(r.verified),
-                ]
-                for r in report.releases
-            ],
-        )
+        _md_table(_RELEASE_HEADERS, [_release_cells(r) for r in report.releases])
         if report.releases
         else "No releases."
     )
     out += ["", f"## Refused requests ({len(report.refusals)})", ""]
     out.append(
-        _md_table(
-            [
-                "#",
-                "Time (UTC)",
-                "Pool",
-                "Requested by",
-                "Purpose",
-                "Method",
-                "Reason",
-                "Asked ρ",
-                "Left ρ",
-                "Integrity",
-            ],
-            [
-                [
-                    str(r.seq),
-                    _when(r.time),
-                    r.pool,
-                    r.requester,
-                    r.description,
-                    r.mechanism,
-                    r.reason,
-                    _num(r.requested_rho),
-                    _num(r.remaining_rho),
-                    _integrity(r.verified),
-                ]
-                for r in report.refusals
-            ],
-        )
+        _md_table(_REFUSAL_HEADERS, [_refusal_cells(r) for r in report.refusals])
         if report.refusals
         else "No refused requests."
     )
     out += ["", f"## Derived statistics ({len(report.postprocessing)})", ""]
     out.append(
-        _md_table(
-            [
-                "#",
-                "Time (UTC)",
-                "Requested by",
-                "Purpose",
-                "Function",
-                "Computed from entries",
-                "Pools",
-                "Private",
-                "Integrity",
-            ],
-            [
-                [
-                    str(p.seq),
-                    _when(p.time),
-                    p.requester,
-                    p.description,
-                    p.function,
-                    ", ".join(f"#{n}" for n in p.parents),
-                    ", ".join(p.pools),
-                    "yes" if p.dp else "no (uses exact values)",
-                    _integrity(p.verified),
-                ]
-                for p in report.postprocessing
-            ],
-        )
+        _md_table(_DERIVED_HEADERS, [_postprocess_cells(p) for p in report.postprocessing])
         if report.postprocessing
         else "No derived statistics."
     )
