@@ -1,13 +1,21 @@
-"""Job specifications: TOML files validated by pydantic, one section per concern."""
+"""Job specifications: TOML files validated by pydantic, one section per concern.
+
+``[job] kind`` names a runner in ``gramfed.platform.runtime.jobs``; registering a new kind
+there makes it valid here.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, model_validator
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, field_validator, model_validator
 
+from gramfed.platform.runtime.jobs import known_kinds
 from gramfed.platform.specfile import load_toml_model
+
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]
 
 
 class _Section(BaseModel):
@@ -15,8 +23,15 @@ class _Section(BaseModel):
 
 
 class JobSection(_Section):
-    kind: Literal["gsmp_fit"] = "gsmp_fit"
+    kind: str = "gsmp_fit"
     name: str = Field("job", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+
+    @field_validator("kind")
+    @classmethod
+    def _registered(cls, kind: str) -> str:
+        if kind not in known_kinds():
+            raise ValueError(f"unknown job kind {kind!r}; known kinds: {', '.join(known_kinds())}")
+        return kind
 
 
 class DataSection(_Section):
@@ -80,6 +95,29 @@ class OutputSection(_Section):
     dir: Path | None = None
 
 
+class PrivacySection(_Section):
+    """Where releases are recorded and to whom a job's results go.
+
+    ``dataset`` names the budget pool (default: derived from ``[data]``). A non-DP job (a GSMP
+    fit) releases its results exactly to ``recipient``, which the pool must trust; a pool that
+    does not exist yet is created trusting it. ``epsilon``/``delta`` give the pool's budget
+    (differentially private kinds spend it); a pool that exists must match them.
+    """
+
+    ledger: Path = Path("runs/ledger.sqlite")
+    key: Path = Path("~/.gramfed/ledger.key")
+    recipient: str = Field("job-owner", min_length=1)
+    dataset: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
+    epsilon: PositiveFloat | None = None
+    delta: float | None = Field(None, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _delta_needs_epsilon(self) -> PrivacySection:
+        if self.delta is not None and self.epsilon is None:
+            raise ValueError("'delta' needs 'epsilon'")
+        return self
+
+
 class JobSpec(_Section):
     job: JobSection = JobSection()
     data: DataSection
@@ -88,6 +126,19 @@ class JobSpec(_Section):
     solver: SolverSection = SolverSection()
     compute: ComputeSection = ComputeSection()
     output: OutputSection = OutputSection()
+    privacy: PrivacySection = PrivacySection()
+
+    def output_dir(self) -> Path:
+        return self.output.dir or Path("runs") / self.job.name
+
+    def pool_dataset(self) -> str:
+        """The privacy pool's dataset name: ``[privacy] dataset``, else from ``[data]``."""
+        if self.privacy.dataset is not None:
+            return self.privacy.dataset
+        if self.data.dataset is not None:
+            return self.data.dataset.replace(":", ".")
+        assert self.data.train is not None
+        return self.data.train.stem
 
     def estimator_params(self) -> dict[str, object]:
         return {
@@ -113,6 +164,28 @@ class JobSpec(_Section):
         }
 
 
+def load_job_data(data: DataSection) -> Arrays:
+    """Training and (optional) test arrays of a job; one-line errors name the file."""
+    if data.dataset is not None:
+        from gramfed.platform.datasets import load_slimkl
+
+        split = load_slimkl(data.dataset.removeprefix("slimkl:"))
+        return split.x_train, split.y_train, split.x_test, split.y_test
+    from gramfed.platform.data import load_split
+
+    train, test = load_split(
+        data.train,
+        data.test,
+        target=data.target,
+        features=data.features,
+        x_key=data.x_key,
+        y_key=data.y_key,
+    )
+    if test is None:
+        return train.x, train.y, None, None
+    return train.x, train.y, test.x, test.y
+
+
 def load_job(path: Path) -> JobSpec:
     """Read and validate a job file; relative data paths resolve against its folder."""
     spec = load_toml_model(path, JobSpec)
@@ -125,4 +198,7 @@ def load_job(path: Path) -> JobSpec:
     }
     if updates:
         spec = spec.model_copy(update={"data": data.model_copy(update=updates)})
+    key = spec.privacy.key.expanduser()
+    if key != spec.privacy.key:
+        spec = spec.model_copy(update={"privacy": spec.privacy.model_copy(update={"key": key})})
     return spec

@@ -10,6 +10,14 @@ from gramfed.platform.cli.main import app
 runner = CliRunner()
 
 
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Jobs write runs/ (results, ledger) under the working folder and create a signing key
+    under ~/.gramfed: keep both inside the test's folder."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+
 def _write_job(tmp_path: Path, body: str) -> Path:
     path = tmp_path / "job.toml"
     path.write_text(body)

@@ -13,6 +13,11 @@ primal residual ``|Z - theta 1'|_F``, dual residual ``|rho (theta - theta_old)|_
 tolerances ``sqrt(A J) tol_abs + tol_rel max(|Z|_F, |theta|_F)`` and
 ``sqrt(A J) tol_abs + tol_rel |rho Lam|_F``; rho is multiplied by ``nu`` when the primal
 residual exceeds ``mu`` times the dual one and divided by it when the dual one is larger.
+
+Fault tolerance without changing the arithmetic: an agent's whole state (``ADMMAgent.state``)
+and the coordinator's state between rounds (``ADMMState``) are plain values, including the
+quantizers' random-generator states, so a run restored from round t continues exactly as
+the uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -75,6 +82,63 @@ class ADMMResult:
         return sum(r.bits_sent for r in self.rounds)
 
 
+@dataclass
+class ADMMState:
+    """The coordinator between rounds: everything round ``round + 1`` needs, and the history.
+
+    ``codec_state`` is the coordinator quantizer's generator state (None for exact messages).
+    """
+
+    round: int
+    theta: bytes
+    lam: Tensor
+    rho: float
+    rho_dual: float
+    rounds: list[RoundRecord]
+    converged: bool
+    codec_state: dict[str, Any] | None
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready copy (bytes as hex, tensors as nested lists of floats)."""
+        return {
+            "round": self.round,
+            "theta": self.theta.hex(),
+            "lam": self.lam.tolist(),
+            "rho": self.rho,
+            "rho_dual": self.rho_dual,
+            "rounds": [asdict(r) for r in self.rounds],
+            "converged": self.converged,
+            "codec_state": self.codec_state,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ADMMState:
+        return cls(
+            round=int(data["round"]),
+            theta=bytes.fromhex(data["theta"]),
+            lam=torch.tensor(data["lam"], dtype=torch.float64),
+            rho=float(data["rho"]),
+            rho_dual=float(data["rho_dual"]),
+            rounds=[RoundRecord(**r) for r in data["rounds"]],
+            converged=bool(data["converged"]),
+            codec_state=data["codec_state"],
+        )
+
+
+def codec_state(codec: VectorCodec) -> dict[str, Any] | None:
+    """The random-generator state of a stochastic quantizer (None for deterministic codecs)."""
+    rng = getattr(codec, "_rng", None)
+    return None if rng is None else rng.bit_generator.state
+
+
+def restore_codec(codec: VectorCodec, state: dict[str, Any] | None) -> None:
+    rng = getattr(codec, "_rng", None)
+    if (rng is None) != (state is None):
+        raise ValueError("the saved quantizer state does not match this run's quantizer")
+    if rng is not None:
+        rng.bit_generator.state = state
+
+
 def encode_frame(
     round_: int, rho_dual: float, rho: float, theta: bytes, final: bool = False
 ) -> bytes:
@@ -123,8 +187,32 @@ class ADMMAgent:
             self.residual = outgoing - self.sent
         return message
 
+    def state(self) -> dict[str, Any]:
+        """Everything the agent carries between rounds, as numpy arrays and plain values.
+
+        Together with the agent's shard this reproduces the agent exactly (``restore``).
+        """
+        return {
+            "zeta": self.zeta.cpu().numpy(),
+            "sent": self.sent.cpu().numpy(),
+            "lam": self.lam.cpu().numpy(),
+            "residual": self.residual.cpu().numpy(),
+            "local_objective": list(self.local_objective),
+            "codec_state": codec_state(self.codec),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        for name in ("zeta", "sent", "lam", "residual"):
+            value = torch.from_numpy(np.array(state[name], dtype=np.float64))
+            if value.shape != self.zeta.shape:
+                raise ValueError(f"agent state {name!r} has shape {tuple(value.shape)}")
+            setattr(self, name, value.to(self.zeta.device))
+        self.local_objective = list(state["local_objective"])
+        restore_codec(self.codec, state["codec_state"])
+
 
 RoundHook = Callable[[RoundRecord], None]
+CheckpointHook = Callable[[ADMMState], None]
 
 
 class ConsensusADMM:
@@ -149,15 +237,49 @@ class ConsensusADMM:
         if self.start.shape != (num_components,) or bool((self.start < 0).any()):
             raise ValueError(f"the starting point must be {num_components} non-negative weights")
 
-    def run(self, on_round: RoundHook | None = None) -> ADMMResult:
+    def initial_state(self) -> ADMMState:
+        theta = self.codec.encode(self.start)
+        return ADMMState(
+            round=0,
+            theta=theta,
+            lam=torch.zeros(self.transport.num_agents, self.size, dtype=torch.float64),
+            rho=self.options.rho0,
+            rho_dual=0.0,
+            rounds=[],
+            converged=False,
+            codec_state=codec_state(self.codec),
+        )
+
+    def run(
+        self,
+        on_round: RoundHook | None = None,
+        *,
+        checkpoint: CheckpointHook | None = None,
+        resume_from: ADMMState | None = None,
+    ) -> ADMMResult:
+        """Run rounds until convergence or ``max_iter``.
+
+        ``checkpoint`` receives the state after every round (after rho balancing, so it is
+        exactly what the next round starts from). ``resume_from`` continues from such a state;
+        the agents must have been restored to the same round by the caller.
+        """
         opts, agents = self.options, self.transport.num_agents
-        lam = torch.zeros(agents, self.size, dtype=torch.float64)
-        theta_bytes = self.codec.encode(self.start)
+        state = self.initial_state() if resume_from is None else resume_from
+        if state.lam.shape != (agents, self.size):
+            raise ValueError(
+                f"the saved state is for {tuple(state.lam.shape)} duals, this run has"
+                f" {agents} agents and {self.size} weights"
+            )
+        restore_codec(self.codec, state.codec_state)
+        lam, theta_bytes, rho, rho_dual = state.lam.clone(), state.theta, state.rho, state.rho_dual
         theta = self.codec.decode(theta_bytes)
-        rho, rho_dual = opts.rho0, 0.0
-        result = ADMMResult(weights=theta)
+        result = ADMMResult(
+            weights=theta, rounds=[replace(r) for r in state.rounds], converged=state.converged
+        )
         scale = math.sqrt(self.size * agents)
-        for t in range(1, opts.max_iter + 1):
+        for t in range(state.round + 1, opts.max_iter + 1):
+            if result.converged:
+                break
             frame = encode_frame(t, rho_dual, rho, theta_bytes)
             replies = self.transport.round(frame)
             bits = agents * message_bits(frame) + sum(message_bits(r) for r in replies)
@@ -188,12 +310,24 @@ class ConsensusADMM:
                 and record.dual_residual < record.dual_tolerance
             ):
                 result.converged = True
-                break
-            if opts.residual_balancing:
+            elif opts.residual_balancing:
                 if record.primal_residual > opts.mu * record.dual_residual:
                     rho *= opts.nu
                 elif record.dual_residual > record.primal_residual:
                     rho /= opts.nu
+            if checkpoint is not None:
+                checkpoint(
+                    ADMMState(
+                        round=t,
+                        theta=theta_bytes,
+                        lam=lam.clone(),
+                        rho=rho,
+                        rho_dual=rho_dual,
+                        rounds=[replace(r) for r in result.rounds],
+                        converged=result.converged,
+                        codec_state=codec_state(self.codec),
+                    )
+                )
         # Final frame lets agents apply the last dual update (and, remotely, shut down).
         final = encode_frame(len(result.rounds) + 1, rho_dual, rho, theta_bytes, final=True)
         self.transport.round(final)

@@ -1,28 +1,78 @@
 """scikit-learn-style estimator: GSMP multiple-kernel GP fitted by consensus ADMM.
 
-Usable with no Ray and no network: agents live in this process and talk through the
-in-process transport, exchanging only (optionally quantized) bytes.
+Usable with no Ray and no network: by default agents live in this process and talk through
+the in-process transport, exchanging only (optionally quantized) bytes. ``AgentRecipe`` is
+everything but the data needed to build agent j from its shard, so a remote worker (a Ray
+actor, say) builds exactly the agent this process would; ``fit(transport_factory=...)``
+places the agents elsewhere without changing the algorithm.
 """
 
 from __future__ import annotations
 
 import inspect
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from gramfed.workers.admm import ADMMAgent, ADMMOptions, ADMMResult, ConsensusADMM, RoundHook
+from gramfed.workers.admm import (
+    ADMMAgent,
+    ADMMOptions,
+    ADMMResult,
+    ADMMState,
+    CheckpointHook,
+    ConsensusADMM,
+    RoundHook,
+)
 from gramfed.workers.gram import GramOptions, NoiseAugmentedGram, SubKernelGram
 from gramfed.workers.kernels.gsmp import GSMPGrid, GSMPKernel
 from gramfed.workers.noise import gcv_noise_variance
 from gramfed.workers.posterior import Prediction, fuse_experts, gp_posterior
 from gramfed.workers.sca import LocalProblem, SCAOptions
-from gramfed.workers.transport import InProcessTransport
+from gramfed.workers.transport import InProcessTransport, Transport
 
 LEARNED_NOISE_FLOOR = 1e-6  # times var(y): keeps C positive definite when the noise weight is 0
+
+Shard = tuple[Tensor, Tensor]
+
+
+@dataclass(frozen=True)
+class AgentRecipe:
+    """How to build an agent from a shard: kernel grid, options and the noise term.
+
+    ``noise_variance`` is the fixed noise, or the floor under the learned noise weight when
+    ``learned_noise`` is set. Picklable, so it can travel to the worker that holds the shard.
+    """
+
+    grid: GSMPGrid
+    gram: GramOptions
+    sca: SCAOptions
+    admm: ADMMOptions
+    noise_variance: float
+    learned_noise: bool
+
+    @property
+    def size(self) -> int:
+        return self.grid.num_components + int(self.learned_noise)
+
+    def build(self, index: int, x: Tensor, y: Tensor) -> ADMMAgent:
+        """Agent ``index`` over the shard ``(x, y)``, on the device ``gram`` selects."""
+        gram = SubKernelGram(GSMPKernel(self.grid), x, self.gram)
+        stack = NoiseAugmentedGram(gram) if self.learned_noise else gram
+        problem = LocalProblem(stack, y, self.noise_variance, self.sca)
+        return ADMMAgent(problem, self.admm, index=index)
+
+
+TransportFactory = Callable[[AgentRecipe, list[Shard]], Transport]
+
+
+def in_process_transport(recipe: AgentRecipe, shards: list[Shard]) -> Transport:
+    """Every agent in this process (the default)."""
+    return InProcessTransport([recipe.build(j, xs, ys) for j, (xs, ys) in enumerate(shards)])
 
 
 class NotFittedError(RuntimeError):
@@ -102,7 +152,22 @@ class GSMPRegressor:
         return self
 
     # -- fitting --------------------------------------------------------------------------------
-    def fit(self, X: np.ndarray, y: np.ndarray, on_round: RoundHook | None = None) -> GSMPRegressor:
+    def fit(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        on_round: RoundHook | None = None,
+        *,
+        transport_factory: TransportFactory = in_process_transport,
+        checkpoint: CheckpointHook | None = None,
+        resume_from: ADMMState | None = None,
+    ) -> GSMPRegressor:
+        """Fit the consensus weights.
+
+        ``transport_factory`` places the agents (default: in this process); ``checkpoint`` and
+        ``resume_from`` are passed to ``ConsensusADMM.run`` (the factory's transport must then
+        have its agents restored to the same round).
+        """
         x_arr, y_arr = _validate(X, y)
         if not 1 <= self.agents <= len(y_arr) // 2:
             raise ValueError(
@@ -125,8 +190,6 @@ class GSMPRegressor:
             sampling=self.sampling,
             seed=self.seed,
         )
-        kernel = GSMPKernel(self.grid_)
-        gram_options = GramOptions(device=self.device, memory_budget=self.memory_budget)
         admm_options = ADMMOptions(
             max_iter=self.admm_max_iter,
             rho0=self.rho0,
@@ -135,7 +198,14 @@ class GSMPRegressor:
             error_feedback=self.error_feedback,
             seed=self.seed,
         )
-        sca_options = SCAOptions(max_iter=self.sca_max_iter, tol=self.tol, blocks=self.blocks)
+        recipe = AgentRecipe(
+            grid=self.grid_,
+            gram=GramOptions(device=self.device, memory_budget=self.memory_budget),
+            sca=SCAOptions(max_iter=self.sca_max_iter, tol=self.tol, blocks=self.blocks),
+            admm=admm_options,
+            noise_variance=noise_floor if learned else self.noise_variance_,
+            learned_noise=learned,
+        )
         started = time.perf_counter()
         self.shards_ = [
             (torch.from_numpy(xs), torch.from_numpy(ys))
@@ -143,25 +213,14 @@ class GSMPRegressor:
                 np.array_split(x_arr, self.agents), np.array_split(y_arr, self.agents), strict=True
             )
         ]
-        agents = [
-            ADMMAgent(
-                LocalProblem(
-                    _gram_stack(SubKernelGram(kernel, xs, gram_options), learned),
-                    ys,
-                    noise_floor if learned else self.noise_variance_,
-                    sca_options,
-                ),
-                admm_options,
-                index=j,
-            )
-            for j, (xs, ys) in enumerate(self.shards_)
-        ]
-        size = self.grid_.num_components + int(learned)
-        start = torch.zeros(size, dtype=torch.float64)
+        start = torch.zeros(recipe.size, dtype=torch.float64)
         if learned:
             start[-1] = max(self.noise_variance_ - noise_floor, 0.0)
-        coordinator = ConsensusADMM(InProcessTransport(agents), size, admm_options, start)
-        self.admm_result_: ADMMResult = coordinator.run(on_round)
+        transport = transport_factory(recipe, self.shards_)
+        coordinator = ConsensusADMM(transport, recipe.size, admm_options, start)
+        self.admm_result_: ADMMResult = coordinator.run(
+            on_round, checkpoint=checkpoint, resume_from=resume_from
+        )
         self.fit_seconds_ = time.perf_counter() - started
         consensus = self.admm_result_.weights.numpy()
         self.weights_ = consensus[: self.grid_.num_components].copy()
@@ -209,10 +268,6 @@ class GSMPRegressor:
     def _check_fitted(self) -> None:
         if not hasattr(self, "weights_"):
             raise NotFittedError("this GSMPRegressor is not fitted yet; call fit(X, y) first")
-
-
-def _gram_stack(gram: SubKernelGram, learned_noise: bool) -> SubKernelGram | NoiseAugmentedGram:
-    return NoiseAugmentedGram(gram) if learned_noise else gram
 
 
 def _as_matrix(X: np.ndarray, name: str) -> np.ndarray:

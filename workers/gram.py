@@ -15,11 +15,18 @@ The solver never needs the stack itself, only three reductions of it:
   reduction is a matrix-vector product over it.
 * ``streamed``: row tiles of the stack are recomputed for every reduction and reduced
   at once, so memory stays at one tile.
+
+Out of memory on a device is not fatal: a tile that fails to allocate is retried at half
+the rows, down to a floor (``tiled_rows``), and a cached stack that does not fit falls back
+to streaming. Rows already reduced are kept, so the results equal the normal path.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Literal
 
@@ -33,13 +40,100 @@ from gramfed.workers.kernels.gsmp import TWO_PI, GSMPKernel
 Strategy = Literal["auto", "spectral", "cached", "streamed"]
 
 
+# -- out-of-memory fallback -------------------------------------------------------------------
+class TileMemoryError(MemoryError):
+    """A Gram tile does not fit on its device even at the smallest tile allowed."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's ``OutOfMemoryError``, ``MemoryError``, or a failure of torch's CPU allocator.
+
+    The CPU allocator raises a plain ``RuntimeError`` naming itself, so the message decides.
+    A ``TileMemoryError`` is final: it already went through the fallback.
+    """
+    if isinstance(exc, TileMemoryError):
+        return False
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+
+
+# Test seam: CPU machines have no device memory limit to run into, so tests impose one.
+_simulated_limit: ContextVar[int | None] = ContextVar("gramfed_simulated_limit", default=None)
+
+
+@contextmanager
+def simulated_memory_limit(nbytes: int) -> Iterator[None]:
+    """Within the block, tile and stack allocations above ``nbytes`` fail as on a full device.
+
+    Only allocations announced through ``reserve`` are checked; every tile of this module
+    and of ``workers.pooled`` announces itself there.
+    """
+    token = _simulated_limit.set(nbytes)
+    try:
+        yield
+    finally:
+        _simulated_limit.reset(token)
+
+
+def reserve(nbytes: int, device: torch.device) -> None:
+    """Announce an allocation of ``nbytes``; raises out-of-memory under a simulated limit."""
+    limit = _simulated_limit.get()
+    if limit is not None and nbytes > limit:
+        raise torch.OutOfMemoryError(
+            f"simulated limit: {nbytes} bytes requested on {device}, {limit} allowed"
+        )
+
+
+def tiled_rows(
+    total: int,
+    tile_rows: int,
+    body: Callable[[slice], None],
+    *,
+    device: torch.device,
+    row_bytes: int,
+    min_rows: int = 1,
+) -> int:
+    """Call ``body`` on consecutive row slices of ``range(total)``; return the rows that held.
+
+    A slice that runs out of memory is retried at half the rows, down to ``min_rows``, where
+    a ``TileMemoryError`` names the device and the tile size. ``body`` must write its output
+    only after the tile is computed, so a failed attempt leaves nothing half-done and the
+    rows before it are kept.
+    """
+    start = 0
+    while start < total:
+        rows = slice(start, min(start + tile_rows, total))
+        try:
+            body(rows)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            if tile_rows <= min_rows:
+                size = rows.stop - rows.start
+                raise TileMemoryError(
+                    f"out of memory on {device} for a Gram tile of {size} rows "
+                    f"({size * row_bytes / 2**20:.1f} MiB), already at the floor of {min_rows} "
+                    "rows; free memory on the device, or use a smaller column tile or dtype"
+                ) from exc
+            tile_rows = max(min_rows, tile_rows // 2)
+        else:
+            start = rows.stop
+            continue
+        # Outside the handler, so the failed tile's frames are released before emptying.
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return tile_rows
+
+
 @dataclass(frozen=True)
 class GramOptions:
     """How Gram-block reductions are computed.
 
     ``memory_budget`` bounds the bytes of the cached stack; ``tile_bytes`` bounds one
     streamed tile. ``dtype`` is the stack's precision (float64 by default; float32 halves
-    memory and bandwidth, accumulation stays float64 in the solver).
+    memory and bandwidth, accumulation stays float64 in the solver). ``min_tile_rows`` is
+    the floor of the out-of-memory fallback.
     """
 
     device: str = "auto"
@@ -47,6 +141,7 @@ class GramOptions:
     dtype: torch.dtype = torch.float64
     memory_budget: int = 4 << 30
     tile_bytes: int = 256 << 20
+    min_tile_rows: int = 1
 
     def torch_device(self) -> torch.device:
         return resolve_device(self.device)
@@ -65,6 +160,7 @@ class SubKernelGram:
         self.num_components = self.grid.num_components
         self.strategy = self._choose_strategy()
         self._stack: Tensor | None = None
+        self._max_tile_rows = self.n  # lowered for good when a tile runs out of memory
         if self.strategy == "spectral":
             angles = TWO_PI * self.x[:, :1] * self.grid.means[:, 0][None, :]  # (n, A)
             self._cos, self._sin = torch.cos(angles), torch.sin(angles)
@@ -73,7 +169,12 @@ class SubKernelGram:
                 -2.0 * math.pi**2 * tau.square() * self.grid.scales[0, 0] ** 2
             )
         elif self.strategy == "cached":
-            self._stack = self._build_stack()
+            try:
+                self._stack = self._build_stack()
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                self.strategy = "streamed"  # the stack does not fit: stream tiles instead
 
     # -- strategy ---------------------------------------------------------------------------
     def _stack_bytes(self) -> int:
@@ -90,22 +191,40 @@ class SubKernelGram:
             return "spectral"
         return "cached" if self._stack_bytes() <= self.options.memory_budget else "streamed"
 
-    def _row_tiles(self, components: slice) -> list[slice]:
+    def _row_bytes(self, components: slice) -> int:
+        """Peak bytes of one tile row: the (A_sel, n) slice and its (n, P + 2) temporaries."""
         count = len(range(*components.indices(self.num_components)))
-        per_row = max(1, count * self.n * 8 * (self.grid.dims + 2))
-        rows = max(1, min(self.n, self.options.tile_bytes // per_row))
-        return [slice(r, min(r + rows, self.n)) for r in range(0, self.n, rows)]
+        return max(1, count * self.n * 8 * (self.grid.dims + 2))
+
+    def _each_tile(self, components: slice, body: Callable[[slice], None]) -> None:
+        """Run ``body`` over row tiles within ``tile_bytes``, shrinking them on out-of-memory."""
+        row_bytes = self._row_bytes(components)
+        rows = max(1, min(self._max_tile_rows, self.options.tile_bytes // row_bytes))
+        self._max_tile_rows = tiled_rows(
+            self.n,
+            rows,
+            body,
+            device=self.device,
+            row_bytes=row_bytes,
+            min_rows=self.options.min_tile_rows,
+        )
 
     def _tile(self, rows: slice, components: slice) -> Tensor:
+        count = len(range(*components.indices(self.num_components)))
+        reserve(count * (rows.stop - rows.start) * self.n * 8, self.device)
         return self.kernel.sub_kernels(self.x[rows], self.x, components)
 
     def _build_stack(self) -> Tensor:
+        reserve(self._stack_bytes(), self.device)
         stack = torch.empty(
             self.num_components, self.n, self.n, dtype=self.options.dtype, device=self.device
         )
         everything = slice(0, self.num_components)
-        for rows in self._row_tiles(everything):
+
+        def fill(rows: slice) -> None:
             stack[:, rows] = self._tile(rows, everything).to(self.options.dtype)
+
+        self._each_tile(everything, fill)
         return stack
 
     # -- reductions ---------------------------------------------------------------------------
@@ -121,8 +240,11 @@ class SubKernelGram:
             flat = w.to(stack.dtype) @ stack.reshape(stack.shape[0], -1)
             return flat.reshape(self.n, self.n).to(torch.float64)
         out = torch.empty(self.n, self.n, dtype=torch.float64, device=self.device)
-        for rows in self._row_tiles(components):
+
+        def reduce(rows: slice) -> None:
             out[rows] = torch.tensordot(w, self._tile(rows, components), dims=1)
+
+        self._each_tile(components, reduce)
         return out
 
     def inner(self, matrix: Tensor, components: slice = slice(None)) -> Tensor:
@@ -143,8 +265,11 @@ class SubKernelGram:
             dtype=torch.float64,
             device=self.device,
         )
-        for rows in self._row_tiles(components):
-            out += torch.einsum("iab,ab->i", self._tile(rows, components), w[rows])
+
+        def reduce(rows: slice) -> None:
+            out.add_(torch.einsum("iab,ab->i", self._tile(rows, components), w[rows]))
+
+        self._each_tile(components, reduce)
         return out
 
     def matvec(self, vector: Tensor, components: slice = slice(None)) -> Tensor:
@@ -160,8 +285,11 @@ class SubKernelGram:
             return (self._stack[components] @ u.to(self._stack.dtype)).to(torch.float64)
         count = len(range(*components.indices(self.num_components)))
         out = torch.empty(count, self.n, dtype=torch.float64, device=self.device)
-        for rows in self._row_tiles(components):
+
+        def reduce(rows: slice) -> None:
             out[:, rows] = self._tile(rows, components) @ u
+
+        self._each_tile(components, reduce)
         return out
 
 

@@ -12,7 +12,10 @@ from rich.table import Table
 from gramfed.platform.cli.audit import audit_app
 from gramfed.platform.cli.errors import user_errors
 from gramfed.platform.cli.fit import run_fit
+from gramfed.platform.cli.pki import pki_app
 from gramfed.platform.cli.progress import admm_progress, stderr
+from gramfed.platform.cli.runtime import jobs_app, run_command, submit_command
+from gramfed.platform.cli.sketch import sketch_app
 from gramfed.platform.datasets import SLIMKL_DATASETS
 
 app = typer.Typer(
@@ -25,6 +28,11 @@ bench_app = typer.Typer(
 )
 app.add_typer(bench_app, name="bench")
 app.add_typer(audit_app, name="audit")
+app.add_typer(sketch_app, name="sketch")
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(pki_app, name="pki")
+app.command("run")(run_command)
+app.command("submit")(submit_command)
 
 
 @app.command()

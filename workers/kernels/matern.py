@@ -22,6 +22,8 @@ MATERN_NUS: tuple[float, ...] = (0.5, 1.5, 2.5)
 class MaternKernel(ARDStationaryKernel):
     """Matérn-``nu`` kernel; ``lengthscales`` is one value (isotropic) or one per dimension."""
 
+    exact_distances = True
+
     def __init__(self, nu: float, lengthscales: ParamLike, variance: float = 1.0) -> None:
         if nu not in MATERN_NUS:
             raise ValueError(f"nu must be one of {MATERN_NUS}, got {nu}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
+from typing import ClassVar
 
 import torch
 from numpy.typing import ArrayLike
@@ -58,6 +59,10 @@ class ARDStationaryKernel(Kernel):
     determination and fix the input dimension to P.
     """
 
+    # Profiles of r = sqrt(r2) turn a 1e-16 cancellation error in r2 into 1e-8 in r: they get
+    # r2 from exact differences instead of the matrix-product form.
+    exact_distances: ClassVar[bool] = False
+
     def __init__(self, lengthscales: ParamLike, variance: float = 1.0) -> None:
         self.lengthscales = as_parameter("lengthscales", lengthscales, ndim=1, positive=True)
         self.variance = as_positive_scalar("variance", variance)
@@ -71,7 +76,15 @@ class ARDStationaryKernel(Kernel):
     def scaled_sq_dist(self, x1: Tensor, x2: Tensor) -> Tensor:
         check_inputs(x1, x2, self.dims)
         ls = self.lengthscales.to(x1)
-        return differences(x1 / ls, x2 / ls).square().sum(-1)
+        if self.exact_distances:
+            return differences(x1 / ls, x2 / ls).square().sum(-1)
+        # |a|^2 + |b|^2 - 2 a.b as one matrix product, as GPyTorch does: the (n1, n2, P)
+        # tensor of differences would cost P times the tile in memory and time. Centring on
+        # x1's mean first keeps the cancellation in the subtraction small.
+        shift = x1.mean(0)
+        a, b = (x1 - shift) / ls, (x2 - shift) / ls
+        r2 = a.square().sum(-1, keepdim=True) + b.square().sum(-1) - 2.0 * (a @ b.T)
+        return r2.clamp_min_(0.0)
 
     @abstractmethod
     def profile(self, r2: Tensor) -> Tensor:

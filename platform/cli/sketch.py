@@ -1,0 +1,273 @@
+"""``gramfed sketch``: build, merge, query, classify with and monitor against DP KDE sketches."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from gramfed.platform.cli.errors import user_errors
+from gramfed.platform.cli.progress import stderr
+from gramfed.platform.sketch_files import load_sketch, load_sketches, save_sketches
+from gramfed.platform.sketch_release import release_sketches
+from gramfed.platform.sketchspec import SketchJob, class_names, load_points, load_sketch_job
+from gramfed.privacy.accountant import rho_for_epsilon
+from gramfed.privacy.budget import ApproxDP, PoolSpec, pool_key
+from gramfed.privacy.errors import BudgetExceeded, LedgerError
+from gramfed.privacy.gate import Gate
+from gramfed.privacy.ledger import Ledger
+from gramfed.workers.sketch.accumulate import ChunkHook, SketchSums, accumulate
+from gramfed.workers.sketch.classify import SketchClassifier, accumulate_by_label
+from gramfed.workers.sketch.mmd import DEFAULT_LEVEL, monitor
+from gramfed.workers.sketch.query import DEFAULT_CONFIDENCE, SketchQuery
+from gramfed.workers.sketch.sketch import merge_all
+
+ALARM = 1
+
+sketch_app = typer.Typer(
+    help="Differentially private kernel density sketches: build, merge, query, classify, monitor.",
+    no_args_is_help=True,
+)
+
+Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+
+
+@contextmanager
+def row_progress(label: str, total: int) -> Iterator[ChunkHook]:
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=stderr, transient=True) as progress:
+        task = progress.add_task(label, total=total)
+        yield lambda rows: progress.advance(task, rows)
+
+
+@sketch_app.command()
+def build(
+    job_path: Annotated[Path, typer.Argument(metavar="JOB", help="Sketch job (TOML).")],
+    as_json: AsJson = False,
+) -> None:
+    """Sketch a dataset (sharded; one sketch, or one per class) and release it through the gate."""
+    with user_errors(), _refusals():
+        job = load_sketch_job(job_path)
+        summary = run_build(job)
+    _report(summary, as_json)
+
+
+def run_build(job: SketchJob) -> dict[str, Any]:
+    """Load, sketch shard by shard, release once through the gate, write the file."""
+    data = job.data
+    points = load_points(
+        data.path, features=data.features, label=data.label, x_key=data.x_key, y_key=data.y_key
+    )
+    spec = job.sketch_spec(points.x.shape[1])
+    privacy = job.privacy
+    ledger = Ledger(privacy.ledger, privacy.key, create=True)
+    gate = Gate(ledger)
+    pool = _pool(gate, privacy.dataset, privacy.budget_epsilon, privacy.budget_delta)
+    budget: dict[str, Any]
+    if job.sketch.noise == "laplace":
+        if privacy.epsilon is None:
+            raise ValueError("laplace noise is pure DP: give 'epsilon', not 'rho'")
+        budget = {"epsilon": privacy.epsilon}
+    elif privacy.rho is not None:
+        budget = {"rho": privacy.rho}
+    else:
+        assert privacy.epsilon is not None
+        budget = {"rho": rho_for_epsilon(privacy.epsilon, privacy.delta or pool.delta)}
+    labels = job.sketch.classes or [""]
+    shards = np.array_split(np.arange(len(points.x)), job.compute.shards)
+    device = job.compute.device
+
+    def compute() -> dict[str, SketchSums]:
+        total: dict[str, SketchSums] | None = None
+        with row_progress(f"sketch {job.job.name}", len(points.x)) as hook:
+            for rows in shards:
+                if points.labels is None:
+                    part = {"": accumulate(spec, points.x[rows], device=device, on_chunk=hook)}
+                else:
+                    part = accumulate_by_label(
+                        spec,
+                        points.x[rows],
+                        class_names(points.labels[rows]),
+                        labels,
+                        device=device,
+                        on_chunk=hook,
+                    )
+                total = part if total is None else {k: total[k] + part[k] for k in labels}
+        assert total is not None
+        return total
+
+    start = time.perf_counter()
+    _, sketches = release_sketches(
+        gate,
+        pool,
+        spec,
+        labels,
+        compute,
+        noise=job.sketch.noise,
+        requester=f"gramfed sketch build {job.job.name}",
+        **budget,
+    )
+    seconds = time.perf_counter() - start
+    out = save_sketches(list(sketches.values()), job.output.path)
+    first = next(iter(sketches.values()))
+    return {
+        "name": job.job.name,
+        "output": str(out),
+        "spec": spec.describe(),
+        "classes": job.sketch.classes,
+        "noisy_count": sum(s.count for s in sketches.values()),
+        "privacy": first.privacy_statement(),
+        "ledger_entry": first.provenance[0].ledger_id,
+        "seconds": seconds,
+    }
+
+
+@sketch_app.command()
+def merge(
+    inputs: Annotated[list[Path], typer.Argument(metavar="SKETCH...", help="Sketch files.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Merged sketch file.")],
+    as_json: AsJson = False,
+) -> None:
+    """Merge sketches of disjoint data (shards or parties) into the sketch of their union."""
+    with user_errors():
+        if len(inputs) < 2:
+            raise ValueError("give at least two sketch files to merge")
+        sets = [load_sketches(p) for p in inputs]
+        labels = [s.label for s in sets[0]]
+        for path, group in zip(inputs[1:], sets[1:], strict=True):
+            if [s.label for s in group] != labels:
+                raise ValueError(f"{path}: holds other classes than {inputs[0]}")
+        merged = [merge_all([group[i] for group in sets]) for i in range(len(labels))]
+        save_sketches(merged, out)
+    _report(
+        {
+            "output": str(out),
+            "spec": merged[0].spec.describe(),
+            "noisy_count": sum(s.count for s in merged),
+            "privacy": merged[0].privacy_statement(),
+        },
+        as_json,
+    )
+
+
+@sketch_app.command()
+def query(
+    sketch_path: Annotated[Path, typer.Argument(metavar="SKETCH", help="Sketch file.")],
+    points: Annotated[Path, typer.Option(help="Query points (.csv, .npy, .npz).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="CSV of estimates (default: stdout).")
+    ] = None,
+    confidence: Annotated[
+        float, typer.Option(help="Confidence of the stated error bound.")
+    ] = DEFAULT_CONFIDENCE,
+    device: Device = "auto",
+) -> None:
+    """KDE estimates at the query points, each with its error bound (post-processing: free)."""
+    with user_errors():
+        sketch = load_sketch(sketch_path)
+        y = load_points(points).x
+        engine = SketchQuery(sketch, device)
+        estimate, bound = engine.density(y).numpy(), engine.error_bound(y, confidence).numpy()
+    table = np.column_stack([estimate, bound])
+    header = f"density,error_bound_{confidence:g}"
+    if out is None:
+        typer.echo(header)
+        for row in table:
+            typer.echo(f"{row[0]:.6g},{row[1]:.6g}")
+    else:
+        np.savetxt(out, table, delimiter=",", header=header, comments="", fmt="%.8g")
+        stderr.print(f"{len(table)} estimates written to {out}")
+
+
+@sketch_app.command()
+def classify(
+    sketch_path: Annotated[
+        Path, typer.Argument(metavar="SKETCHES", help="File with one sketch per class.")
+    ],
+    points: Annotated[Path, typer.Option(help="Points to classify (.csv, .npy, .npz).")],
+    label: Annotated[
+        str | None,
+        typer.Option(help="Column (CSV) or key (.npz) of true classes, to report accuracy."),
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="CSV of predictions.")] = None,
+    prior: Annotated[bool, typer.Option(help="Weight densities by class proportions.")] = False,
+    device: Device = "auto",
+    as_json: AsJson = False,
+) -> None:
+    """Predict, for each point, the class whose sketch has the highest estimated density."""
+    with user_errors():
+        sketches = load_sketches(sketch_path)
+        if len(sketches) < 2:
+            raise ValueError(f"{sketch_path}: holds one sketch; classification needs one per class")
+        data = load_points(points, label=label, y_key=label or "y")
+        model = SketchClassifier({s.label: s for s in sketches}, prior=prior, device=device)
+        predicted = model.predict(data.x)
+    summary: dict[str, Any] = {"points": len(predicted), "classes": model.labels}
+    if data.labels is not None:
+        summary["accuracy"] = float(np.mean(predicted == class_names(data.labels)))
+    summary["privacy"] = sketches[0].privacy_statement()
+    if out is not None:
+        out.write_text("predicted\n" + "".join(f"{p}\n" for p in predicted), encoding="utf-8")
+        summary["output"] = str(out)
+    _report(summary, as_json)
+
+
+@sketch_app.command("monitor")
+def monitor_command(
+    sketch_path: Annotated[Path, typer.Argument(metavar="REFERENCE", help="Reference sketch.")],
+    batch: Annotated[Path, typer.Option(help="New batch (.csv, .npy, .npz).")],
+    level: Annotated[float, typer.Option(help="False-alarm rate.")] = DEFAULT_LEVEL,
+    seed: Annotated[int, typer.Option(help="Seed of the null-distribution simulation.")] = 0,
+    device: Device = "auto",
+    as_json: AsJson = False,
+) -> None:
+    """Two-sample check of a batch against a private reference; exit 1 on an alarm."""
+    with user_errors():
+        reference = load_sketch(sketch_path)
+        result = monitor(reference, load_points(batch).x, level=level, seed=seed, device=device)
+    _report({**result.to_json(), "privacy": reference.privacy_statement()}, as_json)
+    if result.alarm:
+        raise typer.Exit(ALARM)
+
+
+@contextmanager
+def _refusals() -> Iterator[None]:
+    """A refused budget is the user's to fix: one line (via ``user_errors``), no traceback."""
+    try:
+        yield
+    except BudgetExceeded as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _pool(gate: Gate, dataset: str, budget_epsilon: float | None, delta: float) -> PoolSpec:
+    key = pool_key(dataset)
+    try:
+        return gate.ledger.pool(key)
+    except LedgerError:
+        if budget_epsilon is None:
+            raise ValueError(
+                f"budget pool {key!r} does not exist; set privacy.budget_epsilon to create it"
+            ) from None
+    return gate.create_pool(PoolSpec.of(dataset, ApproxDP(budget_epsilon, delta)))
+
+
+def _report(summary: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    for key, value in summary.items():
+        shown = f"{value:.4g}" if isinstance(value, float) else value
+        stderr.print(f"[bold]{key}[/]: {shown}", soft_wrap=True)

@@ -1,0 +1,290 @@
+"""DP kernel density sketches: features, sensitivities, noise scale, merging, queries, uses."""
+
+import math
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gramfed.platform.sketch_release import release_sketch, release_sketches, sketch_mechanism
+from gramfed.privacy.budget import PoolSpec, Rho
+from gramfed.privacy.errors import BudgetExceeded
+from gramfed.privacy.gate import Gate
+from gramfed.privacy.ledger import Ledger
+from gramfed.privacy.rng import SeededBits
+from gramfed.workers.sketch import rff
+from gramfed.workers.sketch.accumulate import SketchSums, accumulate, accumulate_shards
+from gramfed.workers.sketch.classify import SketchClassifier, accumulate_by_label
+from gramfed.workers.sketch.mmd import monitor
+from gramfed.workers.sketch.query import SketchQuery, exact_kde, exact_kernel
+from gramfed.workers.sketch.sketch import Sketch, merge_all
+from gramfed.workers.sketch.spec import SketchMismatch, SketchSpec
+
+POOL = "data:record"
+GAUSSIAN = SketchSpec("gaussian", 3, seed=7, bandwidth=1.0, features=512)
+LAPLACIAN = SketchSpec("laplacian", 3, seed=7, bandwidth=2.0, repetitions=64, hashes=1, buckets=64)
+L2 = SketchSpec("l2", 3, seed=7, bandwidth=2.0, repetitions=64, hashes=2, buckets=64)
+ANGULAR = SketchSpec("angular", 3, seed=7, repetitions=64, hashes=3)
+SPECS = [GAUSSIAN, LAPLACIAN, L2, ANGULAR]
+
+
+@pytest.fixture
+def gate(tmp_path: Path, key_path: Path) -> Iterator[Gate]:
+    with Ledger(tmp_path / "ledger.db", key_path, create=True) as ledger:
+        g = Gate(ledger, rng=SeededBits(3), test_rng=True)
+        g.create_pool(PoolSpec("data", Rho(4)))
+        yield g
+
+
+@pytest.fixture
+def data(rng: np.random.Generator) -> np.ndarray:
+    return rng.standard_normal((3000, 3))
+
+
+def noiseless(sums: SketchSums) -> Sketch:
+    """Test-only: a sketch of exact sums (never released, so it cannot be saved)."""
+    return Sketch(sums.spec, sums.values, sums.count)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.kernel)
+def test_merge_of_shard_sketches_equals_sketch_of_union(spec: SketchSpec, data: np.ndarray) -> None:
+    shards = np.array_split(data, 4)
+    merged = merge_all([noiseless(accumulate(spec, s, device="cpu")) for s in shards])
+    union = noiseless(accumulate(spec, data, device="cpu", rows_per_chunk=700))
+    assert merged.count == union.count == len(data)
+    if spec.is_rff:  # float32 chunk sums: equal to ~1e-6, against noise of sd ~1 when released
+        np.testing.assert_allclose(merged.values, union.values, rtol=0, atol=1e-4)
+    else:
+        np.testing.assert_array_equal(merged.values, union.values)
+    by_addition = accumulate_shards(spec, shards, device="cpu")
+    np.testing.assert_allclose(by_addition.values, union.values, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"seed": 8}, "seed"),
+        ({"bandwidth": 1.5}, "bandwidth"),
+        ({"features": 256}, "features"),
+        ({"projection_dim": 2}, "projection_dim"),
+    ],
+)
+def test_merge_refuses_incompatible_sketches(change: dict, field: str, data: np.ndarray) -> None:
+    other = SketchSpec(**{**GAUSSIAN.__dict__, **change})
+    a = noiseless(accumulate(GAUSSIAN, data[:10], device="cpu"))
+    b = noiseless(accumulate(other, data[:10], device="cpu"))
+    with pytest.raises(SketchMismatch, match=f"cannot merge incompatible sketches: {field}"):
+        a.merge(b)
+
+
+def test_merge_refuses_another_kernel(data: np.ndarray) -> None:
+    a = noiseless(accumulate(LAPLACIAN, data[:10], device="cpu"))
+    b = noiseless(accumulate(L2, data[:10], device="cpu"))
+    with pytest.raises(SketchMismatch, match="kernel 'laplacian' != 'l2'"):
+        a.merge(b)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"kernel": "cosine", "input_dim": 2, "seed": 1}, "unknown kernel"),
+        ({"kernel": "gaussian", "input_dim": 2, "seed": 1, "features": 8}, "bandwidth"),
+        ({"kernel": "gaussian", "input_dim": 2, "seed": -1, "bandwidth": 1.0}, "seed"),
+        ({"kernel": "angular", "input_dim": 2, "seed": 1, "bandwidth": 1.0}, "no bandwidth"),
+        (
+            {"kernel": "l2", "input_dim": 2, "seed": 1, "bandwidth": 1.0, "repetitions": 4},
+            "hashes",
+        ),
+        (
+            {
+                "kernel": "l2",
+                "input_dim": 2,
+                "seed": 1,
+                "bandwidth": 1.0,
+                "repetitions": 4,
+                "hashes": 1,
+                "buckets": 100,
+            },
+            "power of two",
+        ),
+    ],
+)
+def test_bad_specs_are_refused(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SketchSpec(**kwargs)
+
+
+def test_bad_inputs_are_refused(data: np.ndarray) -> None:
+    with pytest.raises(ValueError, match=r"shape \(n, 3\)"):
+        accumulate(GAUSSIAN, data[:, :2], device="cpu")
+    bad = data[:5].copy()
+    bad[2, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        accumulate(LAPLACIAN, bad, device="cpu")
+
+
+def test_rff_sensitivity_bounds_hold_for_any_record(rng: np.random.Generator) -> None:
+    """|phi(x)|_2^2 <= 2 and |phi(x)|_1 <= sqrt(2D), also for extreme inputs."""
+    x = np.concatenate([rng.standard_normal((2000, 3)) * s for s in (1e-3, 1.0, 1e3)])
+    phi = rff.RandomFourierFeatures(GAUSSIAN, torch.device("cpu"))(
+        torch.as_tensor(x, dtype=torch.float32)
+    ).double()
+    assert float(phi.square().sum(1).max()) <= 2.0 + 1e-5
+    assert float(phi.abs().sum(1).max()) <= math.sqrt(2 * GAUSSIAN.features) + 1e-4
+    # Adding a record moves (S, n) by at most sqrt(3) in L2.
+    base = accumulate(GAUSSIAN, x[:-1], device="cpu")
+    more = accumulate(GAUSSIAN, x, device="cpu")
+    moved = np.append(more.values - base.values, more.count - base.count)
+    assert np.linalg.norm(moved) <= rff.L2_SENSITIVITY + 1e-6
+
+
+@pytest.mark.parametrize("spec", [LAPLACIAN, L2, ANGULAR], ids=lambda s: s.kernel)
+def test_lsh_record_changes_exactly_one_bucket_per_repetition(
+    spec: SketchSpec, data: np.ndarray
+) -> None:
+    base = accumulate(spec, data[:-1], device="cpu")
+    more = accumulate(spec, data, device="cpu")
+    diff = more.values - base.values
+    assert diff.sum() == spec.repetitions and set(np.unique(diff)) <= {0, 1}
+    assert diff.reshape(spec.repetitions, spec.buckets).sum(1).tolist() == [1] * spec.repetitions
+
+
+@pytest.mark.parametrize(
+    ("spec", "noise"),
+    [(GAUSSIAN, "gaussian"), (GAUSSIAN, "laplace"), (L2, "gaussian"), (L2, "laplace")],
+    ids=["rff-gaussian", "rff-laplace", "lsh-gaussian", "lsh-laplace"],
+)
+def test_released_noise_has_the_claimed_scale(
+    spec: SketchSpec, noise: str, gate: Gate, data: np.ndarray
+) -> None:
+    budget = {"rho": Fraction(1, 2)} if noise == "gaussian" else {"epsilon": 1.0}
+    exact = accumulate(spec, data, device="cpu")
+    _, sketch = release_sketch(
+        gate, POOL, spec, lambda: exact, noise=noise, requester="test", **budget
+    )
+    residual = np.append(sketch.values - exact.values, sketch.count - exact.count)
+    claimed = sketch.noise.variance
+    # The sample variance of k draws is within 5 standard errors (sqrt(2/k), or sqrt(5/k)
+    # for Laplace's heavier tails) of the claimed variance.
+    k = residual.size
+    spread = math.sqrt((2.0 if noise == "gaussian" else 5.0) / k)
+    assert abs(residual.var() / claimed - 1.0) < 5 * spread
+    assert abs(residual.mean()) < 5 * math.sqrt(claimed / k)  # unbiased: no floor/round bias
+    if not spec.is_rff:
+        assert sketch.values.dtype == np.int64
+
+
+def test_gaussian_release_is_cheaper_in_noise_than_laplace_at_equal_epsilon() -> None:
+    from gramfed.privacy.accountant import rho_for_epsilon
+
+    gaussian = sketch_mechanism(GAUSSIAN, rho=rho_for_epsilon(1.0, 1e-6))
+    laplace = sketch_mechanism(GAUSSIAN, noise="laplace", epsilon=1.0)
+    assert gaussian.noise_sd**2 < 2 * laplace.noise_scale**2 / 10
+
+
+def test_release_states_cost_and_unit_and_refuses_over_budget(gate: Gate, data: np.ndarray) -> None:
+    release, sketch = release_sketch(
+        gate, POOL, GAUSSIAN, lambda: accumulate(GAUSSIAN, data), rho=3, requester="t"
+    )
+    assert sketch.rho == release.rho <= 3 and sketch.unit == "record"
+    assert sketch.provenance[0].ledger_id == release.ledger_id
+    assert "zCDP" in sketch.privacy_statement() and "record" in sketch.privacy_statement()
+    touched = []
+    with pytest.raises(BudgetExceeded):
+        release_sketch(
+            gate,
+            POOL,
+            GAUSSIAN,
+            lambda: touched.append(1) or accumulate(GAUSSIAN, data),
+            rho=3,
+            requester="t",
+        )
+    assert touched == []  # the data was never read
+
+
+def test_merged_cost_is_parallel_across_pools_and_sequential_within(
+    gate: Gate, data: np.ndarray
+) -> None:
+    gate.create_pool(PoolSpec("other", Rho(4)))
+
+    def part(pool: str, x: np.ndarray) -> Sketch:
+        return release_sketch(
+            gate,
+            pool,
+            GAUSSIAN,
+            lambda: accumulate(GAUSSIAN, x),
+            rho=Fraction(1, 4),
+            requester="t",
+        )[1]
+
+    a, b, c = part(POOL, data[:100]), part("other:record", data[100:200]), part(POOL, data[200:])
+    assert a.merge(b).rho == max(a.rho, b.rho) <= Fraction(1, 4)
+    assert a.merge(b).merge(c).rho == a.rho + c.rho
+    assert a.merge(b).noise.variance == pytest.approx(a.noise.variance + b.noise.variance)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.kernel)
+def test_estimates_track_the_exact_kde_within_the_stated_bound(
+    spec: SketchSpec, gate: Gate, data: np.ndarray, rng: np.random.Generator
+) -> None:
+    queries = rng.standard_normal((200, 3))
+    exact = exact_kde(exact_kernel(spec), data, queries, device="cpu")
+    _, sketch = release_sketch(
+        gate, POOL, spec, lambda: accumulate(spec, data), rho=Fraction(1, 2), requester="t"
+    )
+    query = SketchQuery(sketch, device="cpu")
+    error = (query.density(queries) - exact).abs()
+    bound = query.error_bound(queries, confidence=0.95)
+    assert float((error <= bound).double().mean()) >= 0.95
+    assert float(error.mean()) < 0.05 < float(exact.mean())
+
+
+def test_projection_keeps_the_estimate_close(data: np.ndarray, rng: np.random.Generator) -> None:
+    wide = np.concatenate([data, rng.standard_normal((len(data), 29)) * 0.1], axis=1)
+    queries = wide[:100] + 0.1
+    spec = SketchSpec("gaussian", 32, seed=1, bandwidth=2.0, features=1024, projection_dim=16)
+    exact = exact_kde(exact_kernel(spec), wide, queries, device="cpu")
+    estimate = SketchQuery(noiseless(accumulate(spec, wide)), device="cpu").density(queries)
+    assert float((estimate - exact).abs().mean()) < 0.1 * float(exact.mean())
+
+
+def test_classification_by_class_densities_costs_one_release(
+    gate: Gate, rng: np.random.Generator
+) -> None:
+    x = np.concatenate([rng.normal(-1.5, 1, (1500, 3)), rng.normal(1.5, 1, (1500, 3))])
+    y = np.repeat(["a", "b"], 1500)
+    spent_before = gate.remaining(POOL)
+    _, sketches = release_sketches(
+        gate,
+        POOL,
+        GAUSSIAN,
+        ["a", "b"],
+        lambda: accumulate_by_label(GAUSSIAN, x, y, ["a", "b"]),
+        rho=Fraction(1, 10),
+        requester="t",
+    )
+    assert spent_before - gate.remaining(POOL) <= Fraction(1, 10)
+    assert sketches["a"].provenance == sketches["b"].provenance
+    test = np.concatenate([rng.normal(-1.5, 1, (300, 3)), rng.normal(1.5, 1, (300, 3))])
+    predicted = SketchClassifier(sketches, device="cpu").predict(test)
+    assert np.mean(predicted == np.repeat(["a", "b"], 300)) > 0.9
+    with pytest.raises(ValueError, match="not among the declared classes"):
+        accumulate_by_label(GAUSSIAN, x, y, ["a"])
+
+
+def test_monitor_keeps_its_level_and_detects_a_shift(gate: Gate, rng: np.random.Generator) -> None:
+    spec = SketchSpec("gaussian", 3, seed=2, bandwidth=1.5, features=256)
+    reference = rng.standard_normal((20000, 3))
+    _, sketch = release_sketch(
+        gate, POOL, spec, lambda: accumulate(spec, reference), rho=1, requester="t"
+    )
+    same = [monitor(sketch, rng.standard_normal((400, 3)), seed=i).alarm for i in range(20)]
+    shifted = [monitor(sketch, rng.standard_normal((400, 3)) + 0.3, seed=i).alarm for i in range(5)]
+    assert sum(same) <= 4  # nominal 5%: 1 of 20 expected; 5 or more has probability 0.003
+    assert sum(shifted) >= 4
+    lsh = noiseless(accumulate(L2, reference[:100]))
+    with pytest.raises(ValueError, match="needs a gaussian"):
+        monitor(lsh, reference[:10])
