@@ -55,7 +55,8 @@ def test_build_merge_query_monitor(folder: Path, key_path: Path) -> None:
     code, out = invoke(
         "sketch", "merge", str(folder / "a.gfs"), str(folder / "b.gfs"), "-o", str(merged), "--json"
     )
-    assert code == 0, out and json.loads(out)["noisy_count"] == pytest.approx(3000, abs=200)
+    assert code == 0, out
+    assert json.loads(out)["noisy_count"] == pytest.approx(3000, abs=200)
     code, out = invoke("sketch", "query", str(merged), "--points", str(folder / "same.npy"))
     assert code == 0, out
     lines = out.strip().splitlines()

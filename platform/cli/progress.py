@@ -1,9 +1,9 @@
-"""Rich progress for ADMM rounds, shown on stderr so --json output stays clean."""
+"""Rich progress (ADMM rounds, rows), shown on stderr so --json output stays clean."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -33,3 +33,17 @@ def admm_progress(label: str, max_rounds: int) -> Iterator[RoundHook]:
             )
 
         yield on_round
+
+
+@contextmanager
+def row_progress(label: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A bar over ``total`` rows; the hook advances it by the rows just done."""
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=stderr, transient=True) as progress:
+        task = progress.add_task(label, total=total)
+        yield lambda rows: progress.advance(task, rows)

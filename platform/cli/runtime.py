@@ -67,14 +67,14 @@ def submit_command(
 ) -> None:
     """Submit a job to a Ray cluster through the Ray Jobs API; print its id."""
     with user_errors():
-        spec = load_job(job)  # a bad spec fails here, not on the cluster
+        name, kind, data_keys = _validate(job)  # a bad spec fails here, not on the cluster
         with tempfile.TemporaryDirectory(prefix="gramfed-submit-") as staging:
-            entry = _stage(job, Path(staging))
+            entry = _stage(job, Path(staging), data_keys)
             client = _client(address)
             job_id = client.submit_job(
                 entrypoint=f"gramfed run {entry} --address auto",
                 runtime_env={"working_dir": staging},
-                metadata={"gramfed_job": spec.job.name, "kind": spec.job.kind},
+                metadata={"gramfed_job": name, "kind": kind},
             )
     typer.echo(job_id)
     if wait:
@@ -181,7 +181,20 @@ def _follow(client: Any, job_id: str) -> None:
     asyncio.run(tail())
 
 
-def _stage(job: Path, staging: Path) -> str:
+def _validate(job: Path) -> tuple[str, str, tuple[str, ...]]:
+    """Validate the job file; return its name, kind and the ``[data]`` keys naming files."""
+    from gramfed.platform.runtime.driver import job_kind
+
+    if job_kind(job) == "sketch_build":
+        from gramfed.platform.sketchspec import load_sketch_job
+
+        sketch = load_sketch_job(job)
+        return sketch.job.name, sketch.job.kind, ("path",)
+    spec = load_job(job)
+    return spec.job.name, spec.job.kind, ("train", "test")
+
+
+def _stage(job: Path, staging: Path, data_keys: tuple[str, ...]) -> str:
     """Copy the job file, and the data files it names by relative path, into ``staging``
     with their layout relative to the job's folder; return the job file's name there.
 
@@ -191,7 +204,7 @@ def _stage(job: Path, staging: Path) -> str:
     base = job.resolve().parent
     with open(job, "rb") as handle:
         data = tomllib.load(handle).get("data", {})
-    for key in ("train", "test"):
+    for key in data_keys:
         written = data.get(key)
         if written is None or Path(written).is_absolute():
             continue

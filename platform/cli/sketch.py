@@ -3,28 +3,18 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from gramfed.platform.cli.errors import user_errors
 from gramfed.platform.cli.progress import stderr
+from gramfed.platform.sketch_build import refusals_as_errors, run_sketch_job
 from gramfed.platform.sketch_files import load_sketch, load_sketches, save_sketches
-from gramfed.platform.sketch_release import release_sketches
-from gramfed.platform.sketchspec import SketchJob, class_names, load_points, load_sketch_job
-from gramfed.privacy.accountant import rho_for_epsilon
-from gramfed.privacy.budget import ApproxDP, PoolSpec, pool_key
-from gramfed.privacy.errors import BudgetExceeded, LedgerError
-from gramfed.privacy.gate import Gate
-from gramfed.privacy.ledger import Ledger
-from gramfed.workers.sketch.accumulate import ChunkHook, SketchSums, accumulate
-from gramfed.workers.sketch.classify import SketchClassifier, accumulate_by_label
+from gramfed.platform.sketchspec import class_names, load_points, load_sketch_job
+from gramfed.workers.sketch.classify import SketchClassifier
 from gramfed.workers.sketch.mmd import DEFAULT_LEVEL, monitor
 from gramfed.workers.sketch.query import DEFAULT_CONFIDENCE, SketchQuery
 from gramfed.workers.sketch.sketch import merge_all
@@ -40,99 +30,22 @@ Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 
-@contextmanager
-def row_progress(label: str, total: int) -> Iterator[ChunkHook]:
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=stderr, transient=True) as progress:
-        task = progress.add_task(label, total=total)
-        yield lambda rows: progress.advance(task, rows)
-
-
 @sketch_app.command()
 def build(
     job_path: Annotated[Path, typer.Argument(metavar="JOB", help="Sketch job (TOML).")],
+    ray: Annotated[
+        bool, typer.Option("--ray", help="Sketch the shards as Ray tasks (local Ray by default).")
+    ] = False,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster (HOST:PORT, ray://HOST:PORT or auto).")
+    ] = None,
     as_json: AsJson = False,
 ) -> None:
     """Sketch a dataset (sharded; one sketch, or one per class) and release it through the gate."""
-    with user_errors(), _refusals():
+    with user_errors(), refusals_as_errors():
         job = load_sketch_job(job_path)
-        summary = run_build(job)
+        summary = run_sketch_job(job, distributed=ray or address is not None, address=address)
     _report(summary, as_json)
-
-
-def run_build(job: SketchJob) -> dict[str, Any]:
-    """Load, sketch shard by shard, release once through the gate, write the file."""
-    data = job.data
-    points = load_points(
-        data.path, features=data.features, label=data.label, x_key=data.x_key, y_key=data.y_key
-    )
-    spec = job.sketch_spec(points.x.shape[1])
-    privacy = job.privacy
-    ledger = Ledger(privacy.ledger, privacy.key, create=True)
-    gate = Gate(ledger)
-    pool = _pool(gate, privacy.dataset, privacy.budget_epsilon, privacy.budget_delta)
-    budget: dict[str, Any]
-    if job.sketch.noise == "laplace":
-        if privacy.epsilon is None:
-            raise ValueError("laplace noise is pure DP: give 'epsilon', not 'rho'")
-        budget = {"epsilon": privacy.epsilon}
-    elif privacy.rho is not None:
-        budget = {"rho": privacy.rho}
-    else:
-        assert privacy.epsilon is not None
-        budget = {"rho": rho_for_epsilon(privacy.epsilon, privacy.delta or pool.delta)}
-    labels = job.sketch.classes or [""]
-    shards = np.array_split(np.arange(len(points.x)), job.compute.shards)
-    device = job.compute.device
-
-    def compute() -> dict[str, SketchSums]:
-        total: dict[str, SketchSums] | None = None
-        with row_progress(f"sketch {job.job.name}", len(points.x)) as hook:
-            for rows in shards:
-                if points.labels is None:
-                    part = {"": accumulate(spec, points.x[rows], device=device, on_chunk=hook)}
-                else:
-                    part = accumulate_by_label(
-                        spec,
-                        points.x[rows],
-                        class_names(points.labels[rows]),
-                        labels,
-                        device=device,
-                        on_chunk=hook,
-                    )
-                total = part if total is None else {k: total[k] + part[k] for k in labels}
-        assert total is not None
-        return total
-
-    start = time.perf_counter()
-    _, sketches = release_sketches(
-        gate,
-        pool,
-        spec,
-        labels,
-        compute,
-        noise=job.sketch.noise,
-        requester=f"gramfed sketch build {job.job.name}",
-        **budget,
-    )
-    seconds = time.perf_counter() - start
-    out = save_sketches(list(sketches.values()), job.output.path)
-    first = next(iter(sketches.values()))
-    return {
-        "name": job.job.name,
-        "output": str(out),
-        "spec": spec.describe(),
-        "classes": job.sketch.classes,
-        "noisy_count": sum(s.count for s in sketches.values()),
-        "privacy": first.privacy_statement(),
-        "ledger_entry": first.provenance[0].ledger_id,
-        "seconds": seconds,
-    }
 
 
 @sketch_app.command()
@@ -241,27 +154,6 @@ def monitor_command(
     _report({**result.to_json(), "privacy": reference.privacy_statement()}, as_json)
     if result.alarm:
         raise typer.Exit(ALARM)
-
-
-@contextmanager
-def _refusals() -> Iterator[None]:
-    """A refused budget is the user's to fix: one line (via ``user_errors``), no traceback."""
-    try:
-        yield
-    except BudgetExceeded as exc:
-        raise ValueError(str(exc)) from None
-
-
-def _pool(gate: Gate, dataset: str, budget_epsilon: float | None, delta: float) -> PoolSpec:
-    key = pool_key(dataset)
-    try:
-        return gate.ledger.pool(key)
-    except LedgerError:
-        if budget_epsilon is None:
-            raise ValueError(
-                f"budget pool {key!r} does not exist; set privacy.budget_epsilon to create it"
-            ) from None
-    return gate.create_pool(PoolSpec.of(dataset, ApproxDP(budget_epsilon, delta)))
 
 
 def _report(summary: dict[str, Any], as_json: bool) -> None:

@@ -14,6 +14,7 @@ import os
 import socket
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,8 +42,11 @@ def run_job(
     """Run the job file at ``path``; return its summary (also released to ``summary.json``).
 
     ``distributed=False`` keeps every agent in this process and never imports Ray
-    (``gramfed fit``). A Ray already initialised in this process is used as it is.
+    (``gramfed fit``). A Ray already initialised in this process is used as it is. Sketch
+    jobs (``kind = "sketch_build"``) have their own spec and run their shards as Ray tasks.
     """
+    if job_kind(path) == "sketch_build":
+        return _run_sketch_job(path, address=address, resume=resume, distributed=distributed)
     spec = load_job(path)
     saved = checkpoint_path(spec.output_dir())
     if resume and not saved.exists():  # before Ray starts: nothing to wait for
@@ -59,6 +63,27 @@ def run_job(
             import ray
 
             ray.shutdown()
+
+
+def job_kind(path: Path) -> str | None:
+    """``[job] kind`` if the file parses; otherwise None, and ``load_job`` says what is wrong."""
+    try:
+        kind = tomllib.loads(path.read_text(encoding="utf-8")).get("job", {}).get("kind")
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, AttributeError):
+        return None
+    return kind if isinstance(kind, str) else None
+
+
+def _run_sketch_job(
+    path: Path, *, address: str | None, resume: bool, distributed: bool
+) -> dict[str, Any]:
+    from gramfed.platform.sketch_build import refusals_as_errors, run_sketch_job
+    from gramfed.platform.sketchspec import load_sketch_job
+
+    if resume:
+        raise ValueError(f"{path}: a sketch job has no checkpoint; run it again without --resume")
+    with refusals_as_errors():
+        return run_sketch_job(load_sketch_job(path), distributed=distributed, address=address)
 
 
 def connect(address: str | None) -> bool:
