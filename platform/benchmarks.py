@@ -52,7 +52,13 @@ def bench_slimkl(
         "noise_variance": model.noise_variance_,
         "bits_sent": model.bits_sent_,
         "bits_float64_equivalent": messages * 64 * model.grid_.num_components,
-        "device": str(resolve_device(device)),
+        "device": str(resolve_device(device, work=_gram_work(model))),
         "reference_test_mse": reference.test_mse if reference else None,
         "reference_time_s": reference.time_s if reference else None,
     }
+
+
+def _gram_work(model: GSMPRegressor) -> int:
+    """Gram entries per pass on the largest agent: what "auto" chose its device by."""
+    largest = max(len(y) for _, y in model.shards_)
+    return largest**2 * model.grid_.num_components

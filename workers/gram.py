@@ -143,8 +143,9 @@ class GramOptions:
     tile_bytes: int = 256 << 20
     min_tile_rows: int = 1
 
-    def torch_device(self) -> torch.device:
-        return resolve_device(self.device)
+    def torch_device(self, work: int | None = None) -> torch.device:
+        """The device for ``work`` Gram entries per pass (see ``resolve_device``)."""
+        return resolve_device(self.device, work)
 
 
 class SubKernelGram:
@@ -152,7 +153,7 @@ class SubKernelGram:
 
     def __init__(self, kernel: GSMPKernel, x: Tensor, options: GramOptions | None = None) -> None:
         self.options = options or GramOptions()
-        self.device = self.options.torch_device()
+        self.device = self.options.torch_device(work=x.shape[0] ** 2 * kernel.grid.num_components)
         self.kernel = kernel
         self.x = x.to(self.device, torch.float64)
         self.grid = kernel.grid.to(self.device)
