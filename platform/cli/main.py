@@ -11,6 +11,7 @@ from rich.table import Table
 
 from gramfed.platform.cli.audit import audit_app
 from gramfed.platform.cli.errors import user_errors
+from gramfed.platform.cli.federation import coordinator_app, participant_app
 from gramfed.platform.cli.fit import run_fit
 from gramfed.platform.cli.pki import pki_app
 from gramfed.platform.cli.progress import admm_progress, stderr
@@ -31,6 +32,8 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(sketch_app, name="sketch")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(pki_app, name="pki")
+app.add_typer(coordinator_app, name="coordinator")
+app.add_typer(participant_app, name="participant")
 app.command("run")(run_command)
 app.command("submit")(submit_command)
 
