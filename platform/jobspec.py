@@ -118,6 +118,29 @@ class PrivacySection(_Section):
         return self
 
 
+class DPSection(_Section):
+    """The ``dp_gsmp`` kind: declared public target range and the random-feature model.
+
+    The reduced grid is ``[model] components_per_dim`` per input dimension (default 1 here);
+    ``features_per_component`` random features are drawn per component from ``[model] seed``.
+    """
+
+    y_lo: float | None = None
+    y_hi: float | None = None
+    features_per_component: int = Field(8, ge=1, le=4096)
+    split: Literal["error_minimising", "uniform"] = "error_minimising"
+    eigen_floor: PositiveFloat = 1.0
+    noise_floor: PositiveFloat = 1e-4
+
+    @model_validator(mode="after")
+    def _range(self) -> DPSection:
+        if (self.y_lo is None) != (self.y_hi is None):
+            raise ValueError("give both 'y_lo' and 'y_hi' (the declared target range)")
+        if self.y_lo is not None and self.y_hi is not None and not self.y_lo < self.y_hi:
+            raise ValueError("'y_lo' must be below 'y_hi'")
+        return self
+
+
 class JobSpec(_Section):
     job: JobSection = JobSection()
     data: DataSection
@@ -127,6 +150,16 @@ class JobSpec(_Section):
     compute: ComputeSection = ComputeSection()
     output: OutputSection = OutputSection()
     privacy: PrivacySection = PrivacySection()
+    dp: DPSection = DPSection()
+
+    @model_validator(mode="after")
+    def _dp_kind_needs_budget_and_range(self) -> JobSpec:
+        if self.job.kind == "dp_gsmp":
+            if self.privacy.epsilon is None or self.privacy.delta is None:
+                raise ValueError("a dp_gsmp job needs [privacy] epsilon and delta")
+            if self.dp.y_lo is None:
+                raise ValueError("a dp_gsmp job needs [dp] y_lo and y_hi (public target range)")
+        return self
 
     def output_dir(self) -> Path:
         return self.output.dir or Path("runs") / self.job.name

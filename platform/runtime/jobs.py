@@ -34,6 +34,7 @@ ProgressFactory = Callable[[str, int], AbstractContextManager["RoundHook"]]
 
 BUILTIN_KINDS: dict[str, str] = {
     "gsmp_fit": "gramfed.platform.runtime.gsmp:run_gsmp_fit",
+    "dp_gsmp": "gramfed.platform.runtime.dp_gsmp:run_dp_gsmp",
 }
 _KINDS: dict[str, str] = dict(BUILTIN_KINDS)
 
