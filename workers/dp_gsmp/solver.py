@@ -16,7 +16,8 @@ weights), and automatic differentiation gives its exact gradient.
 ``FeatureProblem`` is a sibling of ``gramfed.workers.sca.LocalProblem`` with the interface
 ``ADMMAgent`` uses (``size``, ``gram.device``, ``solve(start, penalty) -> SCAResult``), so
 consensus ADMM with quantized messages runs over released statistics unchanged. Its variables
-are the A feature-space weights and, last, the noise variance above a public floor. The local
+are the A feature-space weights and, last, the noise variance above a public floor (held at
+the floor when the noise is fixed: ``learn_noise=False``). The local
 step minimises ``F + lam'a + rho/2 |a - theta|^2`` by L-BFGS-B (bounds ``a >= 0``): a descent
 method, so the local objective decreases monotonically, like DSCA's.
 
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.optimize import minimize
+from scipy.optimize import OptimizeResult, minimize
 from torch import Tensor
 
 from gramfed.workers.dp_gsmp.statistics import SufficientStatistics
@@ -81,7 +82,8 @@ class FeatureProblem:
     """One agent's objective over ``[a_1, ..., a_A, s2 - floor]`` from its released statistics.
 
     ``gram`` is the statistics object: the name ``ADMMAgent`` reads the device from, as it
-    does from a ``LocalProblem``'s Gram stack.
+    does from a ``LocalProblem``'s Gram stack. ``learn_noise=False`` fixes the noise variance
+    at ``noise_floor``: the last variable is then bounded to 0.
     """
 
     def __init__(
@@ -90,6 +92,8 @@ class FeatureProblem:
         component_of_feature: Tensor,
         noise_floor: float,
         options: SCAOptions | None = None,
+        *,
+        learn_noise: bool = True,
     ) -> None:
         if not (noise_floor > 0 and math.isfinite(noise_floor)):
             raise ValueError(f"the noise floor must be positive and finite, got {noise_floor}")
@@ -101,6 +105,7 @@ class FeatureProblem:
         self.num_components = int(self.components.max()) + 1
         self.size = self.num_components + 1
         self.noise_floor = float(noise_floor)
+        self.learn_noise = learn_noise
         self.options = options or SCAOptions()
 
     def value(self, point: Tensor) -> Tensor:
@@ -124,19 +129,21 @@ class FeatureProblem:
             (grad,) = torch.autograd.grad(total, point)
             return float(total.detach()), grad.cpu().numpy()
 
-        def record(x: np.ndarray) -> None:
-            history.append(fun(x)[0])
+        def record(intermediate_result: OptimizeResult) -> None:
+            history.append(float(intermediate_result.fun))
             if progress is not None:
                 progress(len(history), history[-1])
 
         x0 = start.to(torch.float64).clamp_min(0.0).cpu().numpy()
+        if not self.learn_noise:
+            x0[-1] = 0.0
         history.append(fun(x0)[0])
         found = minimize(
             fun,
             x0,
             jac=True,
             method="L-BFGS-B",
-            bounds=[(0.0, None)] * self.size,
+            bounds=[(0.0, None)] * self.num_components + [(0.0, None if self.learn_noise else 0.0)],
             callback=record,
             options={"maxiter": self.options.max_iter, "ftol": self.options.tol * 1e-3},
         )
