@@ -128,6 +128,9 @@ class DPSection(_Section):
     y_lo: float | None = None
     y_hi: float | None = None
     features_per_component: int = Field(8, ge=1, le=4096)
+    # A number is a declared, public noise variance in target units (never estimated from the
+    # private targets); "learned" fits it from the released statistics.
+    noise: Literal["learned"] | PositiveFloat = "learned"
     split: Literal["error_minimising", "uniform"] = "error_minimising"
     eigen_floor: PositiveFloat = 1.0
     noise_floor: PositiveFloat = 1e-4

@@ -62,6 +62,7 @@ def test_dp_gsmp_job_on_ray_writes_only_free_derivations_of_one_release_per_agen
     [
         ("", "epsilon = 1.0\n", "needs [privacy] epsilon and delta"),
         ("y_lo = 0.0\n", "", "both 'y_lo' and 'y_hi'"),
+        ("noise = -1.0\n", "", "dp.noise"),
     ],
 )
 def test_bad_dp_job_specs_fail_in_one_line(

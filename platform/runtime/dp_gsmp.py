@@ -51,6 +51,7 @@ def run_dp_gsmp(spec: JobSpec, ctx: JobContext) -> dict[str, Any]:
         split=spec.dp.split,
         eigen_floor=spec.dp.eigen_floor,
         noise_floor=spec.dp.noise_floor,
+        noise=spec.dp.noise,
         seed=spec.model.seed,
     )
     placement = _RayStatistics() if ctx.distributed else None
