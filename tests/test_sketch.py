@@ -240,6 +240,11 @@ def test_estimates_track_the_exact_kde_within_the_stated_bound(
     bound = query.error_bound(queries, confidence=0.95)
     assert float((error <= bound).double().mean()) >= 0.95
     assert float(error.mean()) < 0.05 < float(exact.mean())
+    together = query.density_with_bound(queries, confidence=0.95)
+    torch.testing.assert_close(together[0], query.density(queries))
+    torch.testing.assert_close(together[1], bound)
+    with pytest.raises(ValueError, match="confidence must lie in"):
+        query.density_with_bound(queries, confidence=1.0)
 
 
 def test_projection_keeps_the_estimate_close(data: np.ndarray, rng: np.random.Generator) -> None:
@@ -273,6 +278,60 @@ def test_classification_by_class_densities_costs_one_release(
     assert np.mean(predicted == np.repeat(["a", "b"], 300)) > 0.9
     with pytest.raises(ValueError, match="not among the declared classes"):
         accumulate_by_label(GAUSSIAN, x, y, ["a"])
+
+
+@pytest.mark.parametrize("spec", [GAUSSIAN, ANGULAR, L2], ids=lambda s: s.kernel)
+def test_public_span_keeps_sums_of_public_rows_and_removes_noise_orthogonal_to_them(
+    spec: SketchSpec, rng: np.random.Generator
+) -> None:
+    public = rng.standard_normal((60, 3))
+    labels = np.repeat(["a", "b"], 30)
+    sums = accumulate_by_label(spec, public, labels, ["a", "b"], device="cpu")
+    exact = {c: noiseless(s) for c, s in sums.items()}
+    plain = SketchClassifier(exact, device="cpu")
+    denoised = SketchClassifier(exact, public=public, device="cpu")
+    # Sums of public rows lie in the span of their features: the projection leaves them be.
+    torch.testing.assert_close(denoised.values, plain.values, rtol=1e-4, atol=1e-3)
+    dtype = np.float64 if spec.is_rff else np.int64
+    noise = {c: Sketch(spec, rng.normal(0, 50, spec.size).astype(dtype), 30.0) for c in "ab"}
+    raw = SketchClassifier(noise, device="cpu").values
+    kept = SketchClassifier(noise, public=public, device="cpu").values
+    # At most 60 of the `size` noise dimensions survive (at most 60 of 512 here).
+    assert float(kept.norm()) < 0.5 * float(raw.norm())
+    with pytest.raises(ValueError, match="shape"):
+        SketchClassifier(exact, public=public[:, :2], device="cpu")
+    with pytest.raises(ValueError, match="at least one public row"):
+        SketchClassifier(exact, public=public[:0], device="cpu")
+
+
+def test_prior_classification_needs_no_positive_class_count(rng: np.random.Generator) -> None:
+    x = np.concatenate([rng.normal(-1.5, 1, (500, 3)), rng.normal(1.5, 1, (500, 3))])
+    sums = accumulate_by_label(ANGULAR, x, np.repeat(["a", "b"], 500), ["a", "b"])
+    # A noisy count below zero (LSH counts carry the buckets' noise) leaves the joint
+    # densities' argmax untouched: it never divides by a class count.
+    sketches = {c: Sketch(ANGULAR, s.values, -5.0 if c == "b" else 1000.0) for c, s in sums.items()}
+    queries = np.concatenate([rng.normal(-1.5, 1, (100, 3)), rng.normal(1.5, 1, (100, 3))])
+    predicted = SketchClassifier(sketches, prior=True, device="cpu").predict(queries)
+    assert np.mean(predicted == np.repeat(["a", "b"], 100)) > 0.8
+    with pytest.raises(SketchMismatch, match=r"classes \['b'\] have a non-positive noisy count"):
+        SketchClassifier(sketches, device="cpu")
+    negative = {c: Sketch(ANGULAR, s.values, -10.0) for c, s in sketches.items()}
+    model = SketchClassifier(negative, prior=True, device="cpu")
+    assert np.array_equal(model.predict(queries), predicted)
+    with pytest.raises(SketchMismatch, match="sum to -20"):
+        model.scores(queries)
+
+
+def test_rff_build_does_not_depend_on_the_chunking(data: np.ndarray) -> None:
+    # float32 chunk sums of ~3000 terms agree to ~1e-6 relative, far below any released noise.
+    whole = accumulate(GAUSSIAN, data, device="cpu").values
+    direct = rff.RandomFourierFeatures(GAUSSIAN, torch.device("cpu"))(
+        torch.as_tensor(data, dtype=torch.float32)
+    ).sum(0, dtype=torch.float64)
+    for rows in (1, 7, 1000, 5000):
+        chunked = accumulate(GAUSSIAN, data, device="cpu", rows_per_chunk=rows).values
+        np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(whole, direct.numpy(), rtol=1e-5, atol=1e-3)
 
 
 def test_monitor_keeps_its_level_and_detects_a_shift(gate: Gate, rng: np.random.Generator) -> None:

@@ -101,6 +101,15 @@ def test_class_sketches_classify(folder: Path, key_path: Path, rng: np.random.Ge
     )
     assert code == 0, out
     assert json.loads(out)["accuracy"] > 0.9
+    np.save(folder / "public.npy", rng.normal(0, 2.2, (200, 2)))
+    np.save(folder / "public3.npy", rng.normal(0, 2.2, (200, 3)))
+    classify = ["sketch", "classify", str(folder / "cls.gfs"), "--points", str(folder / "test.npz")]
+    public = ["--public", str(folder / "public.npy")]
+    code, out = invoke(*classify, "--label", "y", "--prior", *public, "--json")
+    assert code == 0, out
+    assert json.loads(out)["accuracy"] > 0.9
+    code, out = invoke(*classify, "--public", str(folder / "public3.npy"))
+    one_line_error(code, out, "inputs of shape (n, 2), got (200, 3)")
 
 
 def one_line_error(code: int, out: str, fragment: str) -> None:

@@ -93,7 +93,7 @@ def query(
         sketch = load_sketch(sketch_path)
         y = load_points(points).x
         engine = SketchQuery(sketch, device)
-        estimate, bound = engine.density(y).numpy(), engine.error_bound(y, confidence).numpy()
+        estimate, bound = (t.numpy() for t in engine.density_with_bound(y, confidence))
     table = np.column_stack([estimate, bound])
     header = f"density,error_bound_{confidence:g}"
     if out is None:
@@ -117,6 +117,13 @@ def classify(
     ] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="CSV of predictions.")] = None,
     prior: Annotated[bool, typer.Option(help="Weight densities by class proportions.")] = False,
+    public: Annotated[
+        Path | None,
+        typer.Option(
+            help="Public points (never the private ones; .csv, .npy, .npz): the class sums are"
+            " projected on the span of their features, which removes noise (post-processing)."
+        ),
+    ] = None,
     device: Device = "auto",
     as_json: AsJson = False,
 ) -> None:
@@ -126,7 +133,10 @@ def classify(
         if len(sketches) < 2:
             raise ValueError(f"{sketch_path}: holds one sketch; classification needs one per class")
         data = load_points(points, label=label, y_key=label or "y")
-        model = SketchClassifier({s.label: s for s in sketches}, prior=prior, device=device)
+        rows = None if public is None else load_points(public).x
+        model = SketchClassifier(
+            {s.label: s for s in sketches}, prior=prior, public=rows, device=device
+        )
         predicted = model.predict(data.x)
     summary: dict[str, Any] = {"points": len(predicted), "classes": model.labels}
     if data.labels is not None:

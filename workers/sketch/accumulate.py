@@ -9,11 +9,12 @@ of the union exactly for LSH counts and up to float32 rounding of chunk sums for
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from gramfed.workers.device import resolve_device
 from gramfed.workers.sketch.lsh import LSHBuckets
@@ -21,7 +22,10 @@ from gramfed.workers.sketch.rff import RandomFourierFeatures
 from gramfed.workers.sketch.spec import SketchSpec
 
 ChunkHook = Callable[[int], None]  # called with the number of rows just processed
-DEFAULT_CHUNK_BYTES = 128 << 20
+# 32 MiB chunks: large enough that per-chunk overheads (a thread-pool barrier per operation,
+# a kernel launch on CUDA) stay small, small enough for the feature block to stay near cache
+# size between the matmul that writes it and the passes that read it.
+DEFAULT_CHUNK_BYTES = 32 << 20
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,22 @@ def chunk_rows(spec: SketchSpec, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
     return max(1, chunk_bytes // per_row)
 
 
+def rff_cosines(
+    feature: RandomFourierFeatures, inputs: Tensor, rows: int
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """(chunk, ``cos(W chunk + b)``) for successive chunks of ``rows`` inputs, float32.
+
+    The cosines share one buffer, allocated once: each block is valid until the next one.
+    """
+    device = feature.device
+    buffer = torch.empty(
+        min(rows, inputs.shape[0]), feature.spec.features, dtype=torch.float32, device=device
+    )
+    for start in range(0, inputs.shape[0], rows):
+        chunk = inputs[start : start + rows].to(device, torch.float32)
+        yield chunk, feature.cosines(chunk, out=buffer[: chunk.shape[0]])
+
+
 def accumulate(
     spec: SketchSpec,
     x: np.ndarray | torch.Tensor,
@@ -85,22 +105,23 @@ def accumulate(
     dev = resolve_device(device)
     feature = featuriser(spec, dev)
     rows = rows_per_chunk or chunk_rows(spec)
-    if spec.is_rff:
+    if isinstance(feature, RandomFourierFeatures):
         total = torch.zeros(spec.features, dtype=torch.float64, device=dev)
+        ones = torch.ones(1, min(rows, inputs.shape[0]), dtype=torch.float32, device=dev)
+        for chunk, cosines in rff_cosines(feature, inputs, rows):
+            # A ones-row matmul sums the chunk in float32 at BLAS speed; chunk totals add in
+            # float64, and the features' common scale is applied once, to the total.
+            total += (ones[:, : chunk.shape[0]] @ cosines)[0].to(torch.float64)
+            if on_chunk is not None:
+                on_chunk(chunk.shape[0])
+        total *= feature.scale
     else:
         total = torch.zeros(spec.size, dtype=torch.int64, device=dev)
-    for start in range(0, inputs.shape[0], rows):
-        chunk = inputs[start : start + rows].to(dev)
-        if spec.is_rff:
-            phi = feature(chunk.to(torch.float32))
-            # A ones-row matmul sums the chunk in float32 at BLAS speed (casting the chunk to
-            # float64 first costs more than the features); chunk totals add in float64.
-            ones = torch.ones(1, phi.shape[0], dtype=phi.dtype, device=dev)
-            total += (ones @ phi)[0].to(torch.float64)
-        else:
+        for start in range(0, inputs.shape[0], rows):
+            chunk = inputs[start : start + rows].to(dev)
             total += torch.bincount(feature(chunk).reshape(-1), minlength=spec.size)
-        if on_chunk is not None:
-            on_chunk(chunk.shape[0])
+            if on_chunk is not None:
+                on_chunk(chunk.shape[0])
     return SketchSums(spec, total.cpu().numpy(), int(inputs.shape[0]))
 
 

@@ -3,6 +3,15 @@
 The class sketches come from one gate release (``release_sketches`` with the class labels as
 groups): each record lies in one class, so the whole set costs what one sketch costs. Labels are
 public (the set of classes, not who is in which). Prediction is post-processing.
+
+Denoising with public rows (``public=``): a class's exact sums ``S_c = Phi_c' 1`` lie in the span
+of the features of its records. When public rows (never the private ones) represent the data,
+that span is close to the span of their features ``P`` (m, size), and projecting the released
+sums on it, ``P' (P P')^+ P S~_c``, keeps the signal while removing the noise orthogonal to it:
+a score's noise sd drops from ``sigma |phi(y)|`` to ``sigma |proj phi(y)|``. It reads only the
+release and public data, so it is post-processing too. For LSH sketches ``P`` is never formed:
+``P v`` gathers counts, ``P' z`` scatters them, and ``P P'`` counts shared buckets. The cost
+grows like m^3 in the m public rows: a thousand or so is plenty when class densities are smooth.
 """
 
 from __future__ import annotations
@@ -20,7 +29,9 @@ from gramfed.workers.sketch.accumulate import (
     as_inputs,
     chunk_rows,
     featuriser,
+    rff_cosines,
 )
+from gramfed.workers.sketch.rff import RandomFourierFeatures
 from gramfed.workers.sketch.sketch import Sketch
 from gramfed.workers.sketch.spec import SketchMismatch, SketchSpec
 
@@ -54,7 +65,12 @@ class SketchClassifier:
     """Predicts the class whose sketch gives the highest estimated density at a query.
 
     With ``prior=True`` the densities are weighted by the noisy class proportions, i.e. the
-    class of largest estimated joint density (the Bayes rule under the class KDEs).
+    class of largest estimated joint density (the Bayes rule under the class KDEs). The joint
+    density ``(raw_c / n_c) (n_c / N)`` is ``raw_c / N``, so its argmax needs no count at all
+    and its value only a positive total N. That matters for LSH sketches, whose count carries
+    the same noise as every bucket (sd growing like sqrt(R)): with many repetitions and small
+    classes a noisy count can be negative while the class's scores, averaged over the R
+    repetitions, are still accurate. ``public`` rows denoise the class sums (module docstring).
     """
 
     def __init__(
@@ -62,6 +78,7 @@ class SketchClassifier:
         sketches: Mapping[str, Sketch],
         *,
         prior: bool = False,
+        public: np.ndarray | Tensor | None = None,
         device: str | torch.device | None = "auto",
     ) -> None:
         if len(sketches) < 2:
@@ -74,35 +91,103 @@ class SketchClassifier:
         self.device = resolve_device(device)
         self.feature = featuriser(self.spec, self.device)
         counts = torch.tensor([sketches[c].count for c in self.labels], dtype=torch.float64)
-        if bool((counts <= 0).any()):
+        if not prior and bool((counts <= 0).any()):
             bad = [c for c, n in zip(self.labels, counts.tolist(), strict=True) if n <= 0]
-            raise SketchMismatch(f"classes {bad} have a non-positive noisy count")
+            raise SketchMismatch(
+                f"classes {bad} have a non-positive noisy count; prior=True needs only a"
+                " positive total"
+            )
         self.counts = counts
-        self.priors = counts / counts.sum() if prior else torch.ones_like(counts)
-        dtype = torch.float32 if self.spec.is_rff else torch.float64
-        stacked = np.stack([sketches[c].values for c in self.labels], axis=1)
+        self.prior = prior
+        stacked = np.stack([sketches[c].values for c in self.labels], axis=1).astype(np.float64)
+        if public is not None:
+            stacked = self._public_span(as_inputs(public, self.spec), stacked)
+        if isinstance(self.feature, RandomFourierFeatures):
+            # phi(y)' S = cos(W y + b)' (scale S): the scale goes into the sums once.
+            stacked = stacked * self.feature.scale
+            dtype = torch.float32
+        else:
+            dtype = torch.float64
         self.values = torch.tensor(stacked, dtype=dtype, device=self.device)  # (size, C)
 
     def scores(self, queries: np.ndarray | Tensor) -> Tensor:
         """(m, C) estimated class densities (times the class priors with ``prior=True``)."""
-        y = as_inputs(queries, self.spec)
-        rows = chunk_rows(self.spec)
-        out = []
-        for start in range(0, y.shape[0], rows):
-            chunk = y[start : start + rows].to(self.device)
-            if self.spec.is_rff:
-                raw = self.feature(chunk.to(torch.float32)) @ self.values
-            else:
-                raw = self.values[self.feature(chunk)].mean(1)
-            out.append(raw.to(torch.float64).cpu())
-        raw_all = torch.cat(out) if out else torch.zeros(0, len(self.labels), dtype=torch.float64)
-        density = raw_all / self.counts
-        if not self.spec.is_rff and self.spec.kernel != "angular":
-            w = self.spec.buckets
-            density = (density - 1.0 / w) / (1.0 - 1.0 / w)
-        return density * self.priors
+        raw = self._numerators(queries)
+        if not self.prior:
+            return raw / self.counts
+        total = float(self.counts.sum())
+        if total <= 0:
+            raise SketchMismatch(
+                f"the classes' noisy counts sum to {total:.3g}: no joint density to report"
+                " (predict still works)"
+            )
+        return raw / total
 
     def predict(self, queries: np.ndarray | Tensor) -> np.ndarray:
         """The predicted label of each query."""
-        best = self.scores(queries).argmax(1).numpy()
-        return np.asarray(self.labels, dtype=object)[best]
+        scores = self._numerators(queries) if self.prior else self.scores(queries)
+        return np.asarray(self.labels, dtype=object)[scores.argmax(1).numpy()]
+
+    def _public_span(self, public: Tensor, values: np.ndarray) -> np.ndarray:
+        """``values`` (size, C) projected on the span of the public rows' features."""
+        if public.shape[0] < 1:
+            raise ValueError("give at least one public row to denoise with")
+        v = torch.as_tensor(values, dtype=torch.float64)
+        if isinstance(self.feature, RandomFourierFeatures):
+            p = self.feature(public.to(self.device, torch.float32)).to("cpu", torch.float64)
+            return (p.T @ _pseudo_solve(p @ p.T, p @ v)).numpy()
+        index = self.feature(public).cpu()  # (m, R) flat bucket positions
+        gram = _shared_buckets(index, self.spec.buckets)
+        pv = v[index].sum(1)  # (m, C)
+        z = _pseudo_solve(gram, pv)
+        out = torch.zeros_like(v)
+        out.index_add_(0, index.reshape(-1), z.repeat_interleave(index.shape[1], 0))
+        return out.numpy()
+
+    def _numerators(self, queries: np.ndarray | Tensor) -> Tensor:
+        """(m, C) noisy kernel sums of each class at each query: the densities times n_c."""
+        y = as_inputs(queries, self.spec)
+        rows = chunk_rows(self.spec)
+        if isinstance(self.feature, RandomFourierFeatures):
+            out = [
+                (cosines @ self.values).to(torch.float64).cpu()
+                for _, cosines in rff_cosines(self.feature, y, rows)
+            ]
+        else:
+            out = [
+                self.values[self.feature(y[s : s + rows].to(self.device))]
+                .mean(1)
+                .to(torch.float64)
+                .cpu()
+                for s in range(0, y.shape[0], rows)
+            ]
+        raw = torch.cat(out) if out else torch.zeros(0, len(self.labels), dtype=torch.float64)
+        if not self.spec.is_rff and self.spec.kernel != "angular":
+            # Remove the hash collisions' share 1/W of each class's counts (see ``lsh``).
+            w = self.spec.buckets
+            raw = (raw - self.counts / w) / (1.0 - 1.0 / w)
+        return raw
+
+
+def _pseudo_solve(gram: Tensor, rhs: Tensor) -> Tensor:
+    """``gram^+ rhs`` for a symmetric positive semi-definite ``gram`` (public rows can repeat,
+    so it can be singular), by its eigendecomposition: a few times cheaper than an SVD-based
+    least-squares solve and as exact on the range."""
+    values, vectors = torch.linalg.eigh(gram)
+    keep = values > values.max() * gram.shape[0] * torch.finfo(gram.dtype).eps
+    inverse = torch.where(keep, 1.0 / values.clamp_min(torch.finfo(gram.dtype).tiny), 0.0)
+    return vectors @ (inverse[:, None] * (vectors.T @ rhs))
+
+
+def _shared_buckets(index: Tensor, buckets: int, block_elements: int = 1 << 24) -> Tensor:
+    """(m, m) number of repetitions in which two rows share a bucket: ``P P'`` for the one-hot
+    bucket matrix P (m, R W), formed a block of repetitions at a time."""
+    m, reps = index.shape
+    per_block = max(1, block_elements // (m * buckets))
+    gram = torch.zeros(m, m, dtype=torch.float64)
+    for start in range(0, reps, per_block):
+        local = index[:, start : start + per_block] - start * buckets
+        onehot = torch.zeros(m, local.shape[1] * buckets, dtype=torch.float32)
+        onehot.scatter_(1, local, 1.0)
+        gram += (onehot @ onehot.T).to(torch.float64)
+    return gram

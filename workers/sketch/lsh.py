@@ -59,6 +59,7 @@ class LSHBuckets:
             width = k * d
         else:
             self.directions = _tensor(rng.standard_normal((d, r * k)), device)
+            self.directions_t = self.directions.T.contiguous()
             if spec.kernel == "l2":
                 assert h is not None
                 self.shift = _tensor(rng.uniform(0.0, h, r * k), device)
@@ -76,9 +77,13 @@ class LSHBuckets:
         z = project(x.to(self.device, torch.float64), _maybe64(self.projection))
         n, r, k = z.shape[0], spec.repetitions, spec.hashes
         if spec.kernel == "angular":
-            signs = (z @ self.directions > 0).reshape(n, r, k).to(torch.int64)
-            weights = 2 ** torch.arange(k, device=self.device, dtype=torch.int64)
-            return self.base + (signs * weights).sum(-1)
+            # Projections as (R K, n): with few input columns BLAS is several times faster in
+            # this layout than as (n, R K). The K sign bits of a repetition are packed by a
+            # product with (1, 2, ..., 2^(K-1)) in float32 (exact: K <= 24), one BLAS call where
+            # an int64 multiply-and-sum takes several passes over a K times larger array.
+            signs = (self.directions_t @ z.T > 0).to(torch.float32).reshape(r, k, n)
+            weights = 2.0 ** torch.arange(k, device=self.device, dtype=torch.float32)
+            return self.base + (weights @ signs).T.to(torch.int64)
         if spec.kernel == "l2":
             assert spec.bandwidth is not None
             bins = torch.floor((z @ self.directions + self.shift) / spec.bandwidth)

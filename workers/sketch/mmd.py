@@ -13,6 +13,11 @@ P, v the released noise variance per coordinate, the last term the count noise. 
 to a weighted sum of chi-square variables. The threshold is its (1 - level) quantile, by Monte
 Carlo, with Sigma and mu estimated on the batch (under the null it comes from P). Everything
 is computed from the release and the batch: post-processing.
+
+Estimating Sigma on the batch errs on the safe side: the plug-in covariance keeps the mean of
+T (its trace is unbiased) but inflates its spread (E tr(Sigma_hat^2) exceeds tr(Sigma^2) by
+about tr(Sigma)^2 / m), so the threshold is if anything too high and the false-alarm rate at or
+below ``level``, the more so for small batches (bench/sketch_monitor.py measures it).
 """
 
 from __future__ import annotations

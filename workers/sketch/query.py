@@ -35,8 +35,9 @@ from torch import Tensor
 from gramfed.workers.device import resolve_device
 from gramfed.workers.kernels.base import Kernel
 from gramfed.workers.kernels.rbf import RBFARDKernel
-from gramfed.workers.sketch.accumulate import as_inputs, chunk_rows, featuriser
+from gramfed.workers.sketch.accumulate import as_inputs, chunk_rows, featuriser, rff_cosines
 from gramfed.workers.sketch.lsh import CollisionKernel
+from gramfed.workers.sketch.rff import RandomFourierFeatures
 from gramfed.workers.sketch.sketch import Sketch
 from gramfed.workers.sketch.spec import SketchSpec
 
@@ -51,8 +52,10 @@ class SketchQuery:
         self.spec = sketch.spec
         self.device = resolve_device(device)
         self.feature = featuriser(self.spec, self.device)
-        if self.spec.is_rff:
-            self.values = torch.tensor(sketch.values, dtype=torch.float32, device=self.device)
+        if isinstance(self.feature, RandomFourierFeatures):
+            # phi(y)' S = cos(W y + b)' (scale S): the scale goes into the sums once.
+            scaled = sketch.values * self.feature.scale
+            self.values = torch.tensor(scaled, dtype=torch.float32, device=self.device)
         else:
             self.values = torch.tensor(sketch.values, dtype=torch.float64, device=self.device)
         if sketch.count <= 0:
@@ -61,57 +64,96 @@ class SketchQuery:
                 " estimates at this noise level"
             )
 
-    def _chunks(self, queries: np.ndarray | Tensor) -> Iterator[Tensor]:
+    def _cosines(self, queries: np.ndarray | Tensor) -> Iterator[Tensor]:
+        """``cos(W y + b)`` of successive chunks of the queries (RFF), in a reused buffer."""
+        assert isinstance(self.feature, RandomFourierFeatures)
         y = as_inputs(queries, self.spec)
-        rows = chunk_rows(self.spec)
-        for start in range(0, y.shape[0], rows):
-            yield y[start : start + rows].to(self.device)
+        for _, cosines in rff_cosines(self.feature, y, chunk_rows(self.spec)):
+            yield cosines
 
     def raw_scores(self, queries: np.ndarray | Tensor) -> Tensor:
         """``phi(y)' S~`` (RFF) or ``(1/R) sum_r C~[r, g_r(y)]`` (LSH), float64 on the CPU."""
-        out = []
-        for y in self._chunks(queries):
-            if self.spec.is_rff:
-                score = self.feature(y.to(torch.float32)) @ self.values
-            else:
-                score = self.values[self.feature(y)].mean(1)
-            out.append(score.to(torch.float64).cpu())
+        if self.spec.is_rff:
+            out = [(c @ self.values).to(torch.float64).cpu() for c in self._cosines(queries)]
+        else:
+            y = as_inputs(queries, self.spec)
+            rows = chunk_rows(self.spec)
+            out = [
+                self.values[self.feature(y[s : s + rows].to(self.device))]
+                .mean(1)
+                .to(torch.float64)
+                .cpu()
+                for s in range(0, y.shape[0], rows)
+            ]
         return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
     def density(self, queries: np.ndarray | Tensor) -> Tensor:
         """KDE estimates at ``queries`` (m, d), float64, not clipped (clipping would bias)."""
-        estimate = self.raw_scores(queries) / self.sketch.count
-        if not self.spec.is_rff and self.spec.kernel != "angular":
-            w = self.spec.buckets
-            estimate = (estimate - 1.0 / w) / (1.0 - 1.0 / w)
-        return estimate
+        return self._normalise(self.raw_scores(queries))
 
     def error_bound(
         self, queries: np.ndarray | Tensor, confidence: float = DEFAULT_CONFIDENCE
     ) -> Tensor:
         """Per-query bound on |estimate - exact KDE| (see the module docstring)."""
-        if not 0 < confidence < 1:
-            raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
-        beta = 1.0 - confidence
+        beta = _failure(confidence)
+        if not self.spec.is_rff:
+            return self._bound(None, None, beta, len(queries))
+        l2, linf = [], []
+        for c in self._cosines(queries):
+            l2.append(c.norm(dim=1).to("cpu", torch.float64))
+            linf.append(c.abs().amax(dim=1).to("cpu", torch.float64))
+        return self._bound(_cat(l2), _cat(linf), beta, len(queries))
+
+    def density_with_bound(
+        self, queries: np.ndarray | Tensor, confidence: float = DEFAULT_CONFIDENCE
+    ) -> tuple[Tensor, Tensor]:
+        """``density`` and ``error_bound`` together, from one pass over the queries' features
+        (each costs about as much as the other, so this halves the work of asking both)."""
+        beta = _failure(confidence)
+        if not self.spec.is_rff:
+            return self.density(queries), self._bound(None, None, beta, len(queries))
+        raw, l2, linf = [], [], []
+        for c in self._cosines(queries):
+            raw.append((c @ self.values).to("cpu", torch.float64))
+            l2.append(c.norm(dim=1).to("cpu", torch.float64))
+            linf.append(c.abs().amax(dim=1).to("cpu", torch.float64))
+        return self._normalise(_cat(raw)), self._bound(_cat(l2), _cat(linf), beta, len(queries))
+
+    def _normalise(self, raw: Tensor) -> Tensor:
+        estimate = raw / self.sketch.count
+        if not self.spec.is_rff and self.spec.kernel != "angular":
+            w = self.spec.buckets
+            estimate = (estimate - 1.0 / w) / (1.0 - 1.0 / w)
+        return estimate
+
+    def _bound(self, l2: Tensor | None, linf: Tensor | None, beta: float, m: int) -> Tensor:
+        """The bound from the queries' norms of ``cos(W y + b)`` (RFF; None for LSH)."""
         noise, spec, n = self.sketch.noise, self.spec, self.sketch.count
         t_count = float(noise.tail(1.0, 1.0, beta / 4))
         if t_count >= n:
-            return torch.full((len(queries),), math.inf, dtype=torch.float64)
-        if spec.is_rff:
+            return torch.full((m,), math.inf, dtype=torch.float64)
+        if l2 is not None and linf is not None:
+            scale = self.feature.scale  # type: ignore[union-attr]
             approx = math.sqrt(8.0 * math.log(4.0 / beta) / spec.features)
-            parts = []
-            for y in self._chunks(queries):
-                phi = self.feature(y.to(torch.float32)).to(torch.float64)
-                parts.append(noise.tail(phi.norm(dim=1), phi.abs().amax(dim=1), beta / 4).cpu())
-            t_eta_all = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
-            return approx + (t_eta_all + 2.0 * t_count) / (n - t_count)
+            t_eta = noise.tail(l2 * scale, linf * scale, beta / 4)
+            return approx + (t_eta + 2.0 * t_count) / (n - t_count)
         r = spec.repetitions
         approx = math.sqrt(math.log(4.0 / beta) / (2.0 * r))
-        t_eta = float(noise.tail(1.0 / math.sqrt(r), 1.0 / r, beta / 4))
-        bound = approx + (t_eta + t_count) / (n - t_count)
+        t_eta_lsh = float(noise.tail(1.0 / math.sqrt(r), 1.0 / r, beta / 4))
+        bound = approx + (t_eta_lsh + t_count) / (n - t_count)
         if spec.kernel != "angular":
             bound /= 1.0 - 1.0 / spec.buckets
-        return torch.full((len(queries),), bound, dtype=torch.float64)
+        return torch.full((m,), bound, dtype=torch.float64)
+
+
+def _failure(confidence: float) -> float:
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    return 1.0 - confidence
+
+
+def _cat(parts: list[Tensor]) -> Tensor:
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
 
 
 def estimate_density(
