@@ -168,7 +168,7 @@ class GSMPRegressor:
         ``resume_from`` are passed to ``ConsensusADMM.run`` (the factory's transport must then
         have its agents restored to the same round).
         """
-        x_arr, y_arr = _validate(X, y)
+        x_arr, y_arr = validate_xy(X, y)
         if not 1 <= self.agents <= len(y_arr) // 2:
             raise ValueError(
                 f"agents must be between 1 and n/2 = {len(y_arr) // 2} for {len(y_arr)} samples, "
@@ -241,7 +241,7 @@ class GSMPRegressor:
 
     def predict_distribution(self, X: np.ndarray, mode: str | None = None) -> Prediction:
         self._check_fitted()
-        x_test = torch.from_numpy(_as_matrix(X, "X"))
+        x_test = torch.from_numpy(as_matrix(X, "X"))
         if x_test.shape[1] != self.x_train_.shape[1]:
             raise ValueError(
                 f"X has {x_test.shape[1]} features but the model was fitted on "
@@ -270,7 +270,7 @@ class GSMPRegressor:
             raise NotFittedError("this GSMPRegressor is not fitted yet; call fit(X, y) first")
 
 
-def _as_matrix(X: np.ndarray, name: str) -> np.ndarray:
+def as_matrix(X: np.ndarray, name: str) -> np.ndarray:
     arr = np.asarray(X, dtype=np.float64)
     if arr.ndim == 1:
         arr = arr[:, None]
@@ -281,8 +281,8 @@ def _as_matrix(X: np.ndarray, name: str) -> np.ndarray:
     return arr
 
 
-def _validate(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    x_arr = _as_matrix(X, "X")
+def validate_xy(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x_arr = as_matrix(X, "X")
     y_arr = np.asarray(y, dtype=np.float64)
     if y_arr.ndim == 2 and y_arr.shape[1] == 1:
         y_arr = y_arr[:, 0]

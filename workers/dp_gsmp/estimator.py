@@ -40,7 +40,7 @@ from gramfed.workers.dp_gsmp.statistics import (
     repair,
     unpack,
 )
-from gramfed.workers.estimator import NotFittedError, Shard, _as_matrix, _validate
+from gramfed.workers.estimator import NotFittedError, Shard, as_matrix, validate_xy
 from gramfed.workers.kernels.gsmp import GSMPGrid
 from gramfed.workers.posterior import Prediction
 from gramfed.workers.sca import ConsensusPenalty, SCAOptions
@@ -210,7 +210,7 @@ class DPGSMPRegressor:
 
         ``epsilon = math.inf``: exact statistics, no gate (the non-private reference).
         """
-        x_arr, y_arr = _validate(X, y)
+        x_arr, y_arr = validate_xy(X, y)
         private = _check_privacy(epsilon, delta, gate, pool)
         if not 1 <= self.agents <= len(y_arr) // 2:
             raise ValueError(
@@ -339,7 +339,7 @@ class DPGSMPRegressor:
     def predict_distribution(self, X: np.ndarray) -> Prediction:
         """Posterior predictive at ``X`` in the target's units (post-processing, free)."""
         self._check_fitted()
-        x = torch.from_numpy(_as_matrix(X, "X"))
+        x = torch.from_numpy(as_matrix(X, "X"))
         if x.shape[1] != self.features_.input_dim:
             raise ValueError(
                 f"X has {x.shape[1]} features but the model was fitted on"
@@ -370,7 +370,7 @@ class DPGSMPRegressor:
         return self.gate_.postprocess(
             predictions,
             self.model_release_,
-            description=f"DP-GSMP predictions at {len(_as_matrix(X, 'X'))} inputs",
+            description=f"DP-GSMP predictions at {len(as_matrix(X, 'X'))} inputs",
             requester=requester,
         )
 
