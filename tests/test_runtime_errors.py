@@ -74,7 +74,7 @@ def test_cluster_commands_need_an_address() -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ('[job]\nkind = "sketch"\n', "unknown job kind 'sketch'; known kinds: gsmp_fit"),
+        ('[job]\nkind = "sketch"\n', "unknown job kind 'sketch'; known kinds: dp_gsmp, gsmp_fit"),
         ("[privacy]\nledgr = 'x'\n", "unknown key 'privacy.ledgr'; did you mean 'privacy.ledger'?"),
         ("[privacy]\ndelta = 1e-6\n", "'delta' needs 'epsilon'"),
     ],
