@@ -11,8 +11,7 @@ release for all classes. ``gramfed sketch build JOB.toml [--ray] [--address ADDR
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -23,7 +22,7 @@ from gramfed.platform.sketch_release import release_sketches
 from gramfed.platform.sketchspec import SketchJob, class_names, load_points
 from gramfed.privacy.accountant import rho_for_epsilon
 from gramfed.privacy.budget import ApproxDP, PoolSpec, pool_key
-from gramfed.privacy.errors import BudgetExceeded, LedgerError
+from gramfed.privacy.errors import LedgerError
 from gramfed.privacy.gate import Gate
 from gramfed.privacy.ledger import Ledger
 from gramfed.workers.sketch.accumulate import ChunkHook, SketchSums, accumulate
@@ -146,15 +145,6 @@ def run_build(job: SketchJob, summer: ShardSummer) -> dict[str, Any]:
         "ledger_entry": first.provenance[0].ledger_id,
         "seconds": seconds,
     }
-
-
-@contextmanager
-def refusals_as_errors() -> Iterator[None]:
-    """A refused budget is the user's to fix: one line (via ``user_errors``), no traceback."""
-    try:
-        yield
-    except BudgetExceeded as exc:
-        raise ValueError(str(exc)) from None
 
 
 def _pool(gate: Gate, dataset: str, budget_epsilon: float | None, delta: float) -> PoolSpec:

@@ -52,7 +52,8 @@ def test_dp_gsmp_job_on_ray_writes_only_free_derivations_of_one_release_per_agen
     assert len(model["weights"]) == summary["components"] and model["noise_variance"] > 0
     # A second run is a second fit: one more priced release per agent, then the budget is gone.
     result = CliRunner().invoke(app, ["run", str(_job(tmp_path, key_path))])
-    assert result.exit_code != 0
+    assert result.exit_code == 2, result.output
+    assert "privacy budget exceeded" in result.output and "Traceback" not in result.output
     with Ledger(tmp_path / "ledger.sqlite") as ledger:
         assert len(ledger.entries(kinds=(RELEASE,))) == 2
 

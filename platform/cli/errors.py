@@ -9,6 +9,7 @@ import typer
 from rich.text import Text
 
 from gramfed.platform.cli.progress import stderr
+from gramfed.privacy.errors import BudgetExceeded, NonDPReleaseRefused
 
 USAGE_ERROR = 2
 
@@ -17,7 +18,16 @@ USAGE_ERROR = 2
 def user_errors() -> Iterator[None]:
     try:
         yield
-    except (ValueError, KeyError, FileNotFoundError, FloatingPointError) as exc:
+    # A refused budget or recipient is the user's to fix too: the refusal already says how much
+    # was asked, how much is left, or whom the pool trusts.
+    except (
+        ValueError,
+        KeyError,
+        FileNotFoundError,
+        FloatingPointError,
+        BudgetExceeded,
+        NonDPReleaseRefused,
+    ) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         stderr.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
         raise typer.Exit(USAGE_ERROR) from None

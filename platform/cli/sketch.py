@@ -11,7 +11,7 @@ import typer
 
 from gramfed.platform.cli.errors import user_errors
 from gramfed.platform.cli.progress import stderr
-from gramfed.platform.sketch_build import refusals_as_errors, run_sketch_job
+from gramfed.platform.sketch_build import run_sketch_job
 from gramfed.platform.sketch_files import load_sketch, load_sketches, save_sketches
 from gramfed.platform.sketchspec import class_names, load_points, load_sketch_job
 from gramfed.workers.sketch.classify import SketchClassifier
@@ -42,7 +42,7 @@ def build(
     as_json: AsJson = False,
 ) -> None:
     """Sketch a dataset (sharded; one sketch, or one per class) and release it through the gate."""
-    with user_errors(), refusals_as_errors():
+    with user_errors():
         job = load_sketch_job(job_path)
         summary = run_sketch_job(job, distributed=ray or address is not None, address=address)
     _report(summary, as_json)

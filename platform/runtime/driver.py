@@ -77,13 +77,12 @@ def job_kind(path: Path) -> str | None:
 def _run_sketch_job(
     path: Path, *, address: str | None, resume: bool, distributed: bool
 ) -> dict[str, Any]:
-    from gramfed.platform.sketch_build import refusals_as_errors, run_sketch_job
+    from gramfed.platform.sketch_build import run_sketch_job
     from gramfed.platform.sketchspec import load_sketch_job
 
     if resume:
         raise ValueError(f"{path}: a sketch job has no checkpoint; run it again without --resume")
-    with refusals_as_errors():
-        return run_sketch_job(load_sketch_job(path), distributed=distributed, address=address)
+    return run_sketch_job(load_sketch_job(path), distributed=distributed, address=address)
 
 
 def connect(address: str | None) -> bool:
