@@ -25,9 +25,12 @@ from pathlib import Path
 import numpy as np
 from rich.progress import Progress
 
-from gramfed.platform.federation import pki, secagg, tasks, wire
+from gramfed.platform.federation import pki, secagg, wire
 from gramfed.platform.federation.coordinator import Coordinator, CoordinatorConfig
+from gramfed.platform.federation.jobs import FederatedJob
+from gramfed.platform.federation.local import toml_text
 from gramfed.platform.federation.participant import Participant, Policy
+from gramfed.platform.sketchspec import Points
 from gramfed.privacy import keys
 from gramfed.protos import federation_pb2 as pb
 
@@ -73,11 +76,20 @@ def round_latency(participants: int, root: Path, on_done: Callable[[], None]) ->
     """Seconds from the first OFFER to the unmasked sum, n participants over mutual TLS."""
     pki.init(root / "pki")
     pki.issue(root / "pki", "coord", server=True)
-    job = tasks.FederatedSketchJob(
-        name="latency", dataset="bench", rho=0.1, threshold=participants // 2 + 1,
-        max_records=10_000, kernel="l2", input_dim=2, bandwidth=1.0,
-        repetitions=8, hashes=2, buckets=16,
+    spec = root / "latency.toml"
+    spec.write_text(
+        toml_text(
+            {
+                "job": {"kind": "sketch_build", "name": "latency"},
+                "data": {"path": "participants.npz"},
+                "sketch": {"kernel": "l2", "bandwidth": 1.0, "repetitions": 8, "hashes": 2,
+                           "buckets": 16},
+                "privacy": {"ledger": "-", "key": "-", "dataset": "bench", "rho": 0.1},
+                "output": {"path": "latency.gfs"},
+            }
+        )
     )  # fmt: skip
+    job = FederatedJob(spec=spec, input_dim=2, threshold=participants // 2 + 1, max_records=10_000)
     issued = root / "pki" / "issued"
     config = CoordinatorConfig(
         listen="127.0.0.1:0",
@@ -111,7 +123,7 @@ def round_latency(participants: int, root: Path, on_done: Callable[[], None]) ->
             dataset="bench", ledger=root / name / "ledger.db", key=root / name / "ledger.key",
             budget_epsilon=10.0,
         )  # fmt: skip
-        members.append((name, policy, rng.normal(size=(500, 2))))
+        members.append((name, policy, Points(rng.normal(size=(500, 2)), None)))
     server = threading.Thread(target=coordinator.serve)
     server.start()
     threads = []

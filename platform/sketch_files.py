@@ -35,20 +35,39 @@ class SketchFileError(ValueError):
     """A sketch file that is missing, corrupted, truncated or inconsistent (one-line message)."""
 
 
+def spec_to_proto(spec: SketchSpec) -> pb.SketchSpec:
+    return pb.SketchSpec(
+        kernel=spec.kernel,
+        input_dim=spec.input_dim,
+        seed=spec.seed,
+        bandwidth=spec.bandwidth or 0.0,
+        features=spec.features,
+        repetitions=spec.repetitions,
+        hashes=spec.hashes,
+        buckets=spec.buckets,
+        projection_dim=spec.projection_dim or 0,
+    )
+
+
+def spec_from_proto(s: pb.SketchSpec) -> SketchSpec:
+    """The spec a message describes; ``SketchSpec`` raises ``ValueError`` on a bad one."""
+    return SketchSpec(
+        kernel=s.kernel,  # type: ignore[arg-type]
+        input_dim=s.input_dim,
+        seed=s.seed,
+        bandwidth=s.bandwidth or None,
+        features=s.features,
+        repetitions=s.repetitions,
+        hashes=s.hashes,
+        buckets=s.buckets,
+        projection_dim=s.projection_dim or None,
+    )
+
+
 def to_proto(sketch: Sketch) -> pb.Sketch:
     s = sketch.spec
     msg = pb.Sketch(
-        spec=pb.SketchSpec(
-            kernel=s.kernel,
-            input_dim=s.input_dim,
-            seed=s.seed,
-            bandwidth=s.bandwidth or 0.0,
-            features=s.features,
-            repetitions=s.repetitions,
-            hashes=s.hashes,
-            buckets=s.buckets,
-            projection_dim=s.projection_dim or 0,
-        ),
+        spec=spec_to_proto(s),
         count=sketch.count,
         noise=pb.NoiseProfile(
             family=sketch.noise.family,
@@ -81,18 +100,7 @@ def to_proto(sketch: Sketch) -> pb.Sketch:
 
 def from_proto(msg: pb.Sketch) -> Sketch:
     """Rebuild and validate a sketch; raises ``ValueError`` naming the first problem."""
-    s = msg.spec
-    spec = SketchSpec(
-        kernel=s.kernel,  # type: ignore[arg-type]
-        input_dim=s.input_dim,
-        seed=s.seed,
-        bandwidth=s.bandwidth or None,
-        features=s.features,
-        repetitions=s.repetitions,
-        hashes=s.hashes,
-        buckets=s.buckets,
-        projection_dim=s.projection_dim or None,
-    )
+    spec = spec_from_proto(msg.spec)
     if msg.counts if spec.is_rff else msg.values:
         raise ValueError(f"a {spec.kernel} sketch holds the wrong kind of values")
     values = (

@@ -2,158 +2,125 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from typer.testing import CliRunner
 
 from gramfed.platform.cli.main import app
-from gramfed.platform.federation import pki
+from gramfed.platform.federation.gsmp import FederatedGSMP, recipe_from_pb, split_of
+from gramfed.platform.federation.local import FederatedJobFile, LocalFederation
 from gramfed.platform.federation.participant import KILL_AT_ENV
-from gramfed.privacy import keys
+from gramfed.platform.sketch_files import load_sketches
 from gramfed.privacy.ledger import NON_DP, RELEASE, Ledger
+from gramfed.workers.dp_gsmp.statistics import pack
 from gramfed.workers.sketch.accumulate import accumulate
 from gramfed.workers.sketch.spec import SketchSpec
 
-GRAMFED = str(Path(sys.executable).parent / "gramfed")
-JOB = {
-    "name": "density",
-    "dataset": "clinic",
-    "rho": 0.2,
-    "max_records": 1000,
-    "kernel": "l2",
-    "input_dim": 2,
-    "bandwidth": 1.0,
-    "repetitions": 8,
-    "hashes": 2,
-    "buckets": 16,
-    "seed": 7,
-}
+SKETCH = SketchSpec(
+    kernel="l2", input_dim=2, seed=7, bandwidth=1.0, repetitions=8, hashes=2, buckets=16
+)
+Y_RANGE = (-3.0, 3.0)
 
 
-def federation(root: Path, n: int, *, threshold: int, stage_seconds: float = 4.0) -> None:
-    """A PKI, a coordinator configuration, and n participant folders with data and policy."""
-    pki.init(root / "pki")
-    pki.issue(root / "pki", "coord", server=True)
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        name = f"p{i}"
-        pki.issue(root / "pki", name)
-        folder = root / name
-        folder.mkdir()
-        keys.generate(folder / "ledger.key")
-        np.save(folder / "data.npy", rng.normal(size=(150 + 10 * i, 2)))
-        (folder / "policy.toml").write_text(
-            'dataset = "clinic"\nledger = "ledger.db"\nkey = "ledger.key"\nbudget_epsilon = 4.0\n'
-        )
-    job = "\n".join(f"{k} = {json.dumps(v)}" for k, v in {**JOB, "threshold": threshold}.items())
-    (root / "coord.toml").write_text(
-        f"""listen = "127.0.0.1:0"
-state_dir = "state"
-linger_seconds = 1.5
-[tls]
-cert = "pki/issued/coord.crt"
-key = "pki/issued/coord.key"
-ca = "pki/ca.crt"
-allowlist = "pki/allowlist.json"
-[rounds]
-quorum = 2
-participants = {n}
-gather_seconds = 60
-stage_seconds = {stage_seconds}
-heartbeat_seconds = 1
-[[jobs]]
-{job}
-"""
-    )
+def records(i: int) -> tuple[np.ndarray, np.ndarray]:
+    """Participant i's records: a smooth function of 2 inputs plus noise."""
+    rng = np.random.default_rng(i)
+    x = rng.normal(size=(240 + 20 * i, 2))
+    return x, np.sin(1.5 * x[:, 0]) + 0.5 * x[:, 1] + 0.1 * rng.normal(size=len(x))
 
 
-def start_coordinator(root: Path) -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen(
-        [GRAMFED, "coordinator", "serve", "--config", str(root / "coord.toml")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    listening = root / "state" / "listening"
-    deadline = time.monotonic() + 60
-    while not listening.exists():
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, "the coordinator did not start"
-        time.sleep(0.1)
-    return process, listening.read_text().strip()
+def density_job(threshold: int) -> FederatedJobFile:
+    sections = {
+        "job": {"kind": "sketch_build", "name": "density"},
+        "data": {"path": "participants.npz"},  # each participant brings its own
+        "sketch": {"kernel": "l2", "bandwidth": 1.0, "repetitions": 8, "hashes": 2,
+                   "buckets": 16, "seed": 7},
+        "privacy": {"ledger": "unused.db", "key": "unused.key", "dataset": "clinic", "rho": 0.2},
+        "output": {"path": "density.gfs"},
+    }  # fmt: skip
+    return FederatedJobFile("density", sections, 2, threshold, 1000)
 
 
-def participant_args(root: Path, name: str, address: str) -> list[str]:
-    data, policy = root / name / "data.npy", root / name / "policy.toml"
-    head = [GRAMFED, "participant", "join", "--coordinator", address]
-    return [*head, "--data", str(data), "--policy", str(policy)]
-
-
-def join(
-    root: Path, name: str, address: str, env: dict[str, str] | None = None
-) -> subprocess.Popen:
-    issued = root / "pki" / "issued"
-    tls = [issued / f"{name}.crt", issued / f"{name}.key", root / "pki" / "ca.crt"]
-    flags = [
-        x
-        for flag, path in zip(("--cert", "--key", "--ca"), tls, strict=True)
-        for x in (flag, str(path))
-    ]
-    return subprocess.Popen(
-        [*participant_args(root, name, address), *flags],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
+def gsmp_job(threshold: int) -> FederatedJobFile:
+    sections = {
+        "job": {"kind": "dp_gsmp", "name": "gsmp"},
+        "data": {"train": "participants.npz"},
+        "model": {"components_per_dim": 2, "freq_upper": 0.3, "scale": 0.1, "seed": 5},
+        # Little noise, so that comparing predictions below checks the protocol, not the noise
+        # (the statistics are checked against the noise's own scale).
+        "privacy": {"dataset": "clinic", "epsilon": 2000.0, "delta": 1e-5},
+        "dp": {"y_lo": Y_RANGE[0], "y_hi": Y_RANGE[1], "features_per_component": 8},
+    }
+    return FederatedJobFile("gsmp", sections, 2, threshold, 1000)
 
 
 def test_five_participants_one_killed_mid_round(tmp_path: Path) -> None:
-    federation(tmp_path, 5, threshold=3)
-    coordinator, address = start_coordinator(tmp_path)
+    data = {f"p{i}": records(i) for i in range(5)}
+    fed = LocalFederation.create(
+        tmp_path, data, [gsmp_job(3), density_job(3)], dataset="clinic",
+        budget_epsilon=3000.0, rounds={"stage_seconds": 6, "gather_seconds": 60,
+                                    "heartbeat_seconds": 1},
+    )  # fmt: skip
+    coordinator, address = fed.start_coordinator()
     victim = "p3"
     members = {
-        f"p{i}": join(tmp_path, f"p{i}", address, {KILL_AT_ENV: "INPUT"} if i == 3 else None)
-        for i in range(5)
+        name: fed.join(name, address, {KILL_AT_ENV: "INPUT"} if name == victim else None)
+        for name in data
     }
-    outputs = {name: p.communicate(timeout=120) for name, p in members.items()}
+    outputs = {name: p.communicate(timeout=180) for name, p in members.items()}
     _, err = coordinator.communicate(timeout=60)
     assert coordinator.returncode == 0, err
     assert members[victim].returncode == -9  # SIGKILL: gone between sharing and input
     for name, p in members.items():
         if name != victim:
             assert p.returncode == 0, outputs[name][1]
-    result = json.loads((tmp_path / "state" / "density.json").read_text())
-    assert result["status"] == "done", result
     survivors = [f"p{i}" for i in (0, 1, 2, 4)]
-    assert result["survivors"] == survivors and result["dropped"] == [victim]
+    x = np.concatenate([data[n][0] for n in survivors])
+    y = np.concatenate([data[n][1] for n in survivors])
 
-    # The same sketch computed in one process on the survivors' data, without noise.
-    spec = SketchSpec(
-        kernel="l2", input_dim=2, seed=7, bandwidth=1.0, repetitions=8, hashes=2, buckets=16
-    )
-    exact = sum(
+    # The private GSMP fit (first job, the victim killed in its input stage): the noisy sum is
+    # the survivors' pooled statistics within the noise, and the model learned from it predicts
+    # like the same learning run in one process on the survivors' exact statistics.
+    fit = fed.result("gsmp")
+    assert fit["status"] == "done", fit
+    assert fit["survivors"] == survivors and fit["dropped"] == [victim]
+    model = FederatedGSMP.load(fed.state / "gsmp.json")
+    recipe = recipe_from_pb(model.recipe)
+    statistics = recipe.statistics(torch.from_numpy(x), torch.from_numpy(y))
+    pooled = pack(statistics, split_of("error_minimising", recipe.features.dim))
+    assert np.max(np.abs(model.statistics - pooled)) < 6 * model.noise_sd
+    assert np.std(model.statistics - pooled) > 0.5 * model.noise_sd  # the noise is really there
+    in_process = FederatedGSMP(model.recipe, pooled, model.noise_sd)
+    grid = np.random.default_rng(9).normal(size=(200, 2))
+    federated, central = (m.predict(grid).mean.numpy() for m in (model, in_process))
+    # What remains is the (small) noise's effect on the learned weights: a few percent.
+    assert np.sqrt(np.mean((federated - central) ** 2)) < 0.1 * np.std(central)
+
+    # The merged sketch (second job: the four survivors only).
+    result = fed.result("density")
+    assert result["status"] == "done", result
+    assert result["survivors"] == survivors
+    counts = sum(
         np.append(s.values, s.count)
-        for s in (accumulate(spec, np.load(tmp_path / n / "data.npy"), device="cpu")
-                  for n in survivors)
-    )  # fmt: skip
+        for s in (accumulate(SKETCH, data[n][0], device="cpu") for n in survivors)
+    )
     noisy = np.array(result["sum"])
-    assert noisy[-1] != 0 and exact[-1] == sum(150 + 10 * i for i in (0, 1, 2, 4))
-    sd = math.sqrt(len(survivors) * float(eval_fraction(result["noise_sigma2_each"])))
-    assert np.max(np.abs(noisy - exact)) < 6 * sd  # within noise; masks removed exactly
-    assert np.std(noisy - exact) > 0.3 * sd  # and the noise is really there
+    assert noisy[-1] != 0 and counts[-1] == len(x)
+    sd = result["noise_sd"]
+    assert math.isclose(sd, math.sqrt(4 * eval_fraction(result["noise_sigma2_each"])))
+    assert np.max(np.abs(noisy - counts)) < 6 * sd  # within noise; masks removed exactly
+    assert np.std(noisy - counts) > 0.3 * sd  # and the noise is really there
+    (sketch,) = load_sketches(Path(result["sketch_file"]))
+    assert sketch.spec == SKETCH and np.array_equal(sketch.values, noisy[:-1])
+    assert len(sketch.provenance) == 4
 
-    # Each participant's own ledger: one DP release each (the victim's, if any, was never sent).
+    # Each participant's own ledger: one DP release per job (the victim's was never sent).
     for name in survivors:
         ledger = Ledger(tmp_path / name / "ledger.db")
-        assert len(ledger.entries(kinds=(RELEASE,))) == 1
+        assert len(ledger.entries(kinds=(RELEASE,))) == 2
         assert not ledger.entries(kinds=(NON_DP,))
 
 
@@ -163,21 +130,24 @@ def eval_fraction(text: str) -> float:
 
 
 def test_plaintext_needs_loopback_and_a_flag(tmp_path: Path) -> None:
-    federation(tmp_path, 1, threshold=2)
-    config = (tmp_path / "coord.toml").read_text()
+    fed = LocalFederation.create(tmp_path, {"p0": records(0)}, [density_job(2)], dataset="clinic")
+    config = (tmp_path / "coordinator.toml").read_text()
     (tmp_path / "open.toml").write_text(
         config.replace('listen = "127.0.0.1:0"', 'listen = "0.0.0.0:0"\nplaintext = true')
     )
     runner = CliRunner()
     served = runner.invoke(app, ["coordinator", "serve", "--config", str(tmp_path / "open.toml")])
     assert served.exit_code == 2 and "loopback only" in served.output
-    joined = runner.invoke(
-        app, [*participant_args(tmp_path, "p0", "10.1.2.3:5")[1:], "--plaintext"]
-    )
+
+    def without_tls(address: str) -> list[str]:
+        args = fed.join_args("p0", address)[1:]
+        return args[: args.index("--cert")]
+
+    joined = runner.invoke(app, [*without_tls("10.1.2.3:5"), "--plaintext"])
     assert joined.exit_code == 2 and "loopback address" in joined.output
-    mixed = [*participant_args(tmp_path, "p0", "127.0.0.1:5")[1:], "--plaintext", "--ca", "x"]
+    mixed = [*without_tls("127.0.0.1:5"), "--plaintext", "--ca", "x"]
     assert "takes no --cert" in runner.invoke(app, mixed).output
-    missing = runner.invoke(app, participant_args(tmp_path, "p0", "127.0.0.1:5")[1:])
+    missing = runner.invoke(app, without_tls("127.0.0.1:5"))
     assert missing.exit_code == 2 and "needs --cert, --key and --ca" in missing.output
     for result in (served, joined, missing):
         assert "Traceback" not in result.output

@@ -11,18 +11,31 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gramfed.platform.federation import pki, tasks, wire
+from gramfed.platform.federation import pki, wire
 from gramfed.platform.federation.coordinator import Coordinator, CoordinatorConfig
+from gramfed.platform.federation.jobs import FederatedJob
+from gramfed.platform.federation.local import toml_text
 from gramfed.platform.federation.participant import Participant, Policy
+from gramfed.platform.sketchspec import Points
 from gramfed.privacy import keys
 from gramfed.privacy.ledger import REFUSAL, RELEASE
 from gramfed.protos import federation_pb2 as pb
 from gramfed.protos import federation_pb2_grpc as pb_grpc
 
-JOB = tasks.FederatedSketchJob(
-    name="density", dataset="clinic", rho=0.2, threshold=2, max_records=1000,
-    kernel="l2", input_dim=2, bandwidth=1.0, repetitions=8, hashes=2, buckets=16,
-)  # fmt: skip
+DENSITY = {
+    "job": {"kind": "sketch_build", "name": "density"},
+    "data": {"path": "participants.npz"},
+    "sketch": {"kernel": "l2", "bandwidth": 1.0, "repetitions": 8, "hashes": 2, "buckets": 16},
+    "privacy": {"ledger": "unused.db", "key": "unused.key", "dataset": "clinic", "rho": 0.2},
+    "output": {"path": "density.gfs"},
+}
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory: pytest.TempPathFactory) -> FederatedJob:
+    path = tmp_path_factory.mktemp("jobs") / "density.toml"
+    path.write_text(toml_text(DENSITY))
+    return FederatedJob(spec=path, input_dim=2, threshold=2, max_records=1000)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +54,9 @@ def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def coordinator(pki_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coordinator]:
+def coordinator(
+    pki_dir: Path, job: FederatedJob, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Coordinator]:
     issued = pki_dir / "issued"
     config = CoordinatorConfig(
         listen="127.0.0.1:0",
@@ -52,7 +67,7 @@ def coordinator(pki_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
             "allowlist": pki_dir / pki.ALLOWLIST,
         },
         state_dir=tmp_path_factory.mktemp("state"),
-        jobs=[JOB],
+        jobs=[job],
     )
     server = Coordinator(config, log=lambda _: None)
     server.start()  # serving, but running no job: every pull answers WAIT
@@ -180,7 +195,7 @@ def test_fuzzed_payloads_get_clear_statuses(coordinator: Coordinator, pki_dir: P
 
 
 def test_a_task_over_budget_is_refused_locally_and_nothing_is_released(
-    tmp_path: Path,
+    tmp_path: Path, job: FederatedJob
 ) -> None:
     keys.generate(tmp_path / "ledger.key")
     policy = Policy(
@@ -188,9 +203,10 @@ def test_a_task_over_budget_is_refused_locally_and_nothing_is_released(
         budget_epsilon=0.5,
     )  # fmt: skip
     member = Participant(
-        "127.0.0.1:1", policy, np.zeros((10, 2)), None, plaintext=True, log=lambda _: None
-    )
-    offer = pb.Task(stage=pb.Task.OFFER, job_id="density", round=1, job=JOB.describe())
+        "127.0.0.1:1", policy, Points(np.zeros((10, 2)), None), None, plaintext=True,
+        log=lambda _: None,
+    )  # fmt: skip
+    offer = pb.Task(stage=pb.Task.OFFER, job_id="density", round=1, job=job.load().description)
     answer = member.decide(offer)
     assert not answer.accepted and "over budget" in answer.reason
     assert len(member.ledger.entries(kinds=(REFUSAL,))) == 1

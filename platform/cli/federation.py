@@ -40,7 +40,9 @@ def serve(
 @participant_app.command()
 def join(
     coordinator: Annotated[str, typer.Option("--coordinator", help="HOST:PORT to connect to.")],
-    data: Annotated[Path, typer.Option(help="This participant's records (.npy, .npz, .csv).")],
+    data: Annotated[
+        Path, typer.Option(help="This participant's records (.csv, .parquet, .npy, .npz).")
+    ],
     policy: Annotated[Path, typer.Option(help="Participant policy (TOML).")],
     cert: Annotated[Path | None, typer.Option(help="Client certificate (PEM).")] = None,
     key: Annotated[Path | None, typer.Option(help="Its private key (PEM, mode 0600).")] = None,
@@ -48,6 +50,13 @@ def join(
     plaintext: Annotated[
         bool, typer.Option("--plaintext", help="No TLS; loopback addresses only (development).")
     ] = False,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            help="Column (or .npz array) with targets or class labels, for private GSMP fits"
+            " and class sketches."
+        ),
+    ] = None,
     give_up: Annotated[
         float, typer.Option(help="Seconds to keep retrying an unreachable coordinator.")
     ] = 60.0,
@@ -65,7 +74,7 @@ def join(
         member = Participant(
             coordinator,
             load_policy(policy),
-            load_points(data).x,
+            load_points(data, label=target, y_key=target or "y"),
             credentials,
             plaintext=plaintext,
             give_up_seconds=give_up,

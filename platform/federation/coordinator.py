@@ -13,17 +13,26 @@ Security properties, and where they are enforced:
   required on every call. Requests are parsed here, not by gRPC, so a malformed one gets
   INVALID_ARGUMENT. The standard health service runs beside; there is no reflection service.
 
-Rounds (one job after another, ``FederatedSketchJob``): OFFER to the live participants, then
-ADVERTISE, SHARE, INPUT, UNMASK over the roster of those who accepted, each stage with a
-deadline. A participant lost before INPUT restarts the round with the others (nothing has been
-released yet); one lost during INPUT is a dropout that secure aggregation removes, as long as
-``threshold`` inputs arrived. The coordinator only ever holds the sum.
+Rounds (one job after another, ``gramfed.platform.federation.jobs``): OFFER to the live
+participants, then ADVERTISE, SHARE, INPUT, UNMASK over the roster of those who accepted, each
+stage with a deadline. A participant lost before INPUT restarts the round with the others
+(nothing has been released yet); one lost during INPUT is a dropout that secure aggregation
+removes, as long as ``threshold`` inputs arrived. The coordinator only ever holds the sum.
+
+Checkpoints: a finished job's result is written to ``STATE_DIR/JOB.json`` before the next job
+starts, and every round number is recorded in ``STATE_DIR/rounds.json`` before it is used. A
+restarted coordinator skips the jobs that are done and numbers its rounds after every round it
+ever opened, so requests captured before the restart cannot be replayed into a new round. A round
+cut short by the restart is not resumed: the participants' masks and keys were for that round
+only. Its inputs, if any were sent, were charged by the participants' gates; the next round
+asks them for a fresh release (their gates price it again, or refuse it).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +46,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
 from gramfed.platform.federation import pki, tasks, wire
+from gramfed.platform.federation.jobs import FederatedJob, LoadedJob
 from gramfed.platform.federation.secagg import Aggregator, RoundSpec, SecAggError
 from gramfed.platform.specfile import load_toml_model
 from gramfed.protos import federation_pb2 as pb
@@ -76,13 +86,15 @@ class CoordinatorConfig(BaseModel):
     state_dir: Path
     linger_seconds: float = Field(3.0, ge=0)
     rounds: RoundsSection = RoundsSection()
-    jobs: list[tasks.FederatedSketchJob] = Field(min_length=1)
+    jobs: list[FederatedJob] = Field(min_length=1)
 
 
 def load_config(path: Path) -> CoordinatorConfig:
     config = load_toml_model(path, CoordinatorConfig)
     base = path.parent
     config.state_dir = base / config.state_dir
+    for job in config.jobs:
+        job.spec = base / job.spec
     if config.tls is not None:
         for name in ("cert", "key", "ca", "allowlist"):
             setattr(config.tls, name, base / getattr(config.tls, name))
@@ -104,8 +116,7 @@ def is_loopback(address: str) -> bool:
 
 @dataclass
 class _Round:
-    job: tasks.FederatedSketchJob
-    description: pb.JobDescription
+    job: LoadedJob
     number: int
     stage: int = Stage.OFFER
     deadline: float = 0.0
@@ -116,6 +127,7 @@ class _Round:
     shares: dict[str, list[pb.SealedShare]] = field(default_factory=dict)
     aggregator: Aggregator | None = None
     reveals: dict[str, pb.Reveal] = field(default_factory=dict)
+    inputs: dict[str, pb.MaskedVector] = field(default_factory=dict)
 
     @property
     def members(self) -> tuple[str, ...]:
@@ -159,6 +171,9 @@ class Coordinator:
             raise ValueError("a [tls] section (cert, key, ca, allowlist) is required")
         self.config = config
         self._log = log
+        self.jobs = [job.load() for job in config.jobs]
+        if len({job.name for job in self.jobs}) != len(self.jobs):
+            raise ValueError("every federated job needs its own name")
         self._lock = threading.Condition()
         self._seen: dict[tuple[str, str, int], set[bytes]] = {}
         self._recent: dict[str, list[bytes]] = {}
@@ -210,8 +225,8 @@ class Coordinator:
         """Run every job, let participants see that all is done, then stop."""
         self.start()
         try:
-            for job in self.config.jobs:
-                self.results[job.name] = self._run_job(job)
+            for job in self.jobs:
+                self.results[job.name] = self._checkpoint(job) or self._run_job(job)
             with self._lock:
                 self._finished = True
             time.sleep(self.config.linger_seconds)
@@ -221,33 +236,55 @@ class Coordinator:
 
     # ------------------------------------------------------------------ rounds
 
-    def _run_job(self, job: tasks.FederatedSketchJob) -> dict[str, Any]:
-        description = job.describe()
+    def _checkpoint(self, job: LoadedJob) -> dict[str, Any] | None:
+        """The result of a job a previous run of this coordinator finished, if any."""
+        path = self.config.state_dir / f"{job.name}.json"
+        try:
+            outcome = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        if outcome.get("status") != "done":
+            return None
+        self._log(f"job {job.name}: done in an earlier run ({path})")
+        return outcome
+
+    def _run_job(self, job: LoadedJob) -> dict[str, Any]:
         outcome: dict[str, Any] = {}
-        for attempt in range(1, self.config.rounds.attempts + 1):
-            outcome = self._run_round(job, description, attempt)
+        for _ in range(self.config.rounds.attempts):
+            outcome = self._run_round(job, self._next_round(job.name))
             if outcome["status"] != "restart":
                 break
         path = self.config.state_dir / f"{job.name}.json"
-        path.write_text(json.dumps(outcome, indent=1) + "\n")
+        _write_atomic(path, json.dumps(outcome, indent=1) + "\n")
         self._log(f"job {job.name}: {outcome['status']} -> {path}")
         return outcome
 
-    def _run_round(
-        self, job: tasks.FederatedSketchJob, description: pb.JobDescription, number: int
-    ) -> dict[str, Any]:
+    def _next_round(self, name: str) -> int:
+        """A round number never used for this job, recorded before it is used."""
+        path = self.config.state_dir / "rounds.json"
+        try:
+            used = json.loads(path.read_text())
+        except (OSError, ValueError):
+            used = {}
+        number = int(used.get(name, 0)) + 1
+        used[name] = number
+        _write_atomic(path, json.dumps(used, indent=1) + "\n")
+        return number
+
+    def _run_round(self, job: LoadedJob, number: int) -> dict[str, Any]:
+        description = job.description
         rounds = self.config.rounds
         live = self._gather(rounds)
         if len(live) < rounds.quorum:
             return _outcome(job, number, "failed", f"{len(live)} live participants < quorum")
-        state = _Round(job, description, number, offered=tuple(sorted(live)))
+        state = _Round(job, number, offered=tuple(sorted(live)))
         self._advance(state, Stage.OFFER)
         self._wait_all(state)
         accepted = sorted(p for p, a in state.answers.items() if a.accepted)
         refusals = {p: a.reason for p, a in state.answers.items() if not a.accepted}
-        if len(accepted) < max(rounds.quorum, job.threshold, 2):
+        if len(accepted) < max(rounds.quorum, job.entry.threshold, 2):
             return _outcome(job, number, "failed", "too few participants accepted", refusals)
-        threshold = max(job.threshold, len(accepted) // 2 + 1)
+        threshold = max(job.entry.threshold, len(accepted) // 2 + 1)
         state.spec = RoundSpec(
             job.name,
             number,
@@ -275,6 +312,10 @@ class Coordinator:
             total = state.aggregator.unmask(reveals)
         except (SecAggError, wire.WireError) as exc:
             return _outcome(job, number, "failed", str(exc))
+        try:
+            finished = job.finish(total, list(survivors), state.inputs, self.config.state_dir)
+        except ValueError as exc:
+            return _outcome(job, number, "failed", f"the sum could not be used: {exc}")
         mechanism = tasks.mechanism(description)
         result = _outcome(job, number, "done", "", refusals)
         result.update(
@@ -285,6 +326,7 @@ class Coordinator:
             noise_shares=len(survivors),
             rho_per_participant=str(mechanism.privacy_map().rho),
             ring_bits=state.spec.bits,
+            **finished,
         )
         with self._lock:
             self._round = None
@@ -423,7 +465,7 @@ class Coordinator:
             job_id=state.job.name,
             round=state.number,
             deadline=state.deadline,
-            job=state.description,
+            job=state.job.description,
         )
         if state.spec is not None:
             task.secagg.CopyFrom(wire.secagg_message(state.spec))
@@ -484,6 +526,7 @@ class Coordinator:
             if result.masked.bits != spec.bits:
                 raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"the ring has {spec.bits} bits")
             state.aggregator.add(peer, wire.unpack_ring(result.masked.values, spec.bits, spec.dim))
+            state.inputs[peer] = result.masked
         else:
             state.reveals[peer] = result.reveal
 
@@ -495,8 +538,15 @@ def _parse(message: type, raw: bytes) -> Any:
         raise wire.WireError(f"malformed {message.__name__}: {type(exc).__name__}") from None
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` whole: a coordinator killed mid-write leaves the old file or the new."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
 def _outcome(
-    job: tasks.FederatedSketchJob,
+    job: LoadedJob,
     number: int,
     status: str,
     reason: str,

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
 from gramfed.platform.federation import pki, tasks, wire
 from gramfed.platform.federation.coordinator import is_loopback
 from gramfed.platform.federation.secagg import Client, SecAggError
+from gramfed.platform.sketchspec import Points
 from gramfed.platform.specfile import load_toml_model
 from gramfed.privacy.budget import ApproxDP, PoolSpec
 from gramfed.privacy.errors import PrivacyError
@@ -74,7 +75,7 @@ class Participant:
         self,
         address: str,
         policy: Policy,
-        data: np.ndarray,
+        data: Points,
         credentials: pki.Credentials | None,
         *,
         plaintext: bool = False,
@@ -138,10 +139,16 @@ class Participant:
                     self._log(f"{task.job_id} round {task.round}: dropping out: {exc}")
                     self._clients.pop((task.job_id, task.round), None)
                     continue
-                self._call(
-                    self._stub.SubmitResult,
-                    wire.chunks(result, task.stage, task.job_id, task.round),
-                )
+                try:
+                    self._stub.SubmitResult(
+                        wire.chunks(result, task.stage, task.job_id, task.round),
+                        timeout=wire.CALL_SECONDS,
+                    )
+                except grpc.RpcError as exc:
+                    # Late, or the coordinator went away: this round is lost for us, not the
+                    # job. Pulling again finds the next round (or the restarted coordinator).
+                    self._log(f"{task.job_id} round {task.round}: not submitted: {_status(exc)}")
+                    self._clients.pop((task.job_id, task.round), None)
         finally:
             self._stop.set()
             self._channel.close()
@@ -178,6 +185,8 @@ class Participant:
                     bits=client.spec.bits,
                     values=wire.pack_ring(masked, client.spec.bits),
                     ledger_entry=release.entry_hash,
+                    ledger_uuid=release.ledger_uuid,
+                    ledger_id=release.ledger_id,
                 )
             )
         if task.stage == Stage.UNMASK:
@@ -189,7 +198,7 @@ class Participant:
     def decide(self, task: pb.Task) -> pb.Acceptance:
         """Accept or refuse an offered job under this participant's policy alone."""
         job = task.job
-        if job.kind != "sketch":
+        if job.kind not in tasks.KINDS:
             return _refuse(f"unknown job kind {job.kind!r}")
         if job.dataset != self.policy.dataset:
             return _refuse(f"this participant holds {self.policy.dataset!r}, not {job.dataset!r}")
@@ -198,8 +207,17 @@ class Participant:
                 f"the job needs {job.threshold} noise shares; policy requires"
                 f" {self.policy.min_noise_shares}"
             )
-        if len(self.data) > job.value_bound:
-            return _refuse("more records than the job's public bound")
+        if len(self.data.x) > job.max_records:
+            return _refuse(
+                f"{len(self.data.x)} records exceed the job's public bound of {job.max_records}"
+            )
+        if (job.kind == "dp_gsmp" or job.classes) and self.data.labels is None:
+            return _refuse("this job needs targets or labels; join with --target COLUMN")
+        try:
+            if tasks.value_bound(job) != job.value_bound:
+                return _refuse("the job's value bound does not follow from its parameters")
+        except (tasks.TaskError, ValueError) as exc:
+            return _refuse(f"unusable job description: {exc}")
         if not job.dp:
             if self.recipient not in self.pool.trusted_recipients:
                 return _refuse("exact (non-DP) releases to this coordinator are not trusted")
@@ -217,7 +235,8 @@ class Participant:
     def _release(self, task: pb.Task):
         job = task.job
         description = f"federated {job.kind} {task.job_id} round {task.round}"
-        values = lambda: tasks.local_vector(job, self.data)  # noqa: E731 - run inside the gate
+        x, y = self.data.x, self.data.labels
+        values = lambda: tasks.local_vector(job, x, y)  # noqa: E731 - run inside the gate
         if job.dp:
             release = self.gate.release(
                 self.pool,
@@ -238,8 +257,11 @@ class Participant:
 
     # ------------------------------------------------------------------ transport
 
-    def _call(self, method: Callable, request: object) -> object:
-        """One call with a deadline; retried while the coordinator is unreachable."""
+    def _call(
+        self, method: Callable, request: pb.RegisterRequest | pb.PullRequest
+    ) -> pb.RegisterReply | pb.Task:
+        """Register or pull, with a deadline; retried while the coordinator is unreachable
+        (restarting, say) for up to ``give_up_seconds``."""
         backoff, give_up = 0.2, time.monotonic() + self.give_up_seconds
         while True:
             try:
@@ -247,9 +269,7 @@ class Participant:
             except grpc.RpcError as exc:
                 code = exc.code()
                 if code != grpc.StatusCode.UNAVAILABLE or time.monotonic() > give_up:
-                    raise ConnectionError(f"{self.address}: {code.name}: {exc.details()}") from None
-                if not isinstance(request, pb.RegisterRequest | pb.PullRequest):
-                    raise ConnectionError(f"{self.address}: unavailable while submitting") from None
+                    raise ConnectionError(f"{self.address}: {_status(exc)}") from None
             time.sleep(backoff)
             backoff = min(2 * backoff, 2.0)
             request = _rebind(request)
@@ -268,6 +288,10 @@ def _rebind(request: object) -> object:
     copy.CopyFrom(request)
     copy.binding.CopyFrom(wire.binding(copy.binding.job_id, copy.binding.round))
     return copy
+
+
+def _status(exc: grpc.RpcError) -> str:
+    return f"{exc.code().name}: {exc.details()}"  # type: ignore[attr-defined]
 
 
 def _refuse(reason: str) -> pb.Acceptance:

@@ -30,12 +30,10 @@ from gramfed.workers.dp_gsmp.statistics import SufficientStatistics
 from gramfed.workers.estimator import Shard
 
 
-def run_dp_gsmp(spec: JobSpec, ctx: JobContext) -> dict[str, Any]:
-    x_train, y_train, x_test, _ = load_job_data(spec.data)
-    privacy = spec.privacy
-    assert privacy.epsilon is not None and privacy.delta is not None  # JobSpec validates it
-    assert spec.dp.y_lo is not None and spec.dp.y_hi is not None
-    model = DPGSMPRegressor(
+def regressor_for(spec: JobSpec) -> DPGSMPRegressor:
+    """The unfitted model a ``dp_gsmp`` job spec describes."""
+    assert spec.dp.y_lo is not None and spec.dp.y_hi is not None  # JobSpec validates it
+    return DPGSMPRegressor(
         target_range=(spec.dp.y_lo, spec.dp.y_hi),
         agents=spec.admm.agents,
         components_per_dim=spec.model.components_per_dim or 1,
@@ -54,6 +52,13 @@ def run_dp_gsmp(spec: JobSpec, ctx: JobContext) -> dict[str, Any]:
         noise=spec.dp.noise,
         seed=spec.model.seed,
     )
+
+
+def run_dp_gsmp(spec: JobSpec, ctx: JobContext) -> dict[str, Any]:
+    x_train, y_train, x_test, _ = load_job_data(spec.data)
+    privacy = spec.privacy
+    assert privacy.epsilon is not None and privacy.delta is not None  # JobSpec validates it
+    model = regressor_for(spec)
     placement = _RayStatistics() if ctx.distributed else None
     source = placement if placement is not None else local_statistics
     try:
