@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -151,3 +153,54 @@ def test_plaintext_needs_loopback_and_a_flag(tmp_path: Path) -> None:
     assert missing.exit_code == 2 and "needs --cert, --key and --ca" in missing.output
     for result in (served, joined, missing):
         assert "Traceback" not in result.output
+
+
+def test_restarted_coordinator_and_participant_resume(tmp_path: Path) -> None:
+    first, second = density_job(2), density_job(2)
+    second.name = "density2"
+    second.sections = {**second.sections, "job": {"kind": "sketch_build", "name": "density2"}}
+    data = {f"p{i}": records(i) for i in range(3)}
+    fed = LocalFederation.create(
+        tmp_path, data, [first, second], dataset="clinic", budget_epsilon=12.0,
+        rounds={"stage_seconds": 5, "gather_seconds": 20, "heartbeat_seconds": 1},
+    )  # fmt: skip
+    coordinator, address = fed.start_coordinator()
+    # p2 dies while sharing keys in the first round (nothing of it released), then comes back.
+    members = {n: fed.join(n, address) for n in ("p0", "p1")}
+    doomed = fed.join("p2", address, {KILL_AT_ENV: "SHARE"})
+    assert doomed.wait(timeout=60) == -9
+    members["p2"] = fed.join("p2", address)
+    done = fed.state / "density.json"
+    deadline = time.monotonic() + 120
+    while not done.exists():
+        assert coordinator.poll() is None, coordinator.communicate()
+        assert time.monotonic() < deadline, "the first job did not finish"
+        time.sleep(0.1)
+    coordinator.kill()  # the coordinator dies between (or during) jobs
+    coordinator.wait()
+    first_result = done.read_text()
+    used = json.loads((fed.state / "rounds.json").read_text())
+
+    # Restarted on the same port (a real deployment listens on a fixed one): the participants,
+    # still retrying their pulls, find it again and take part in the second job.
+    config = fed.root / "coordinator.toml"
+    config.write_text(config.read_text().replace('"127.0.0.1:0"', json.dumps(address)))
+    coordinator, again = fed.start_coordinator()
+    assert again == address
+    outputs = {name: p.communicate(timeout=180) for name, p in members.items()}
+    _, err = coordinator.communicate(timeout=60)
+    assert coordinator.returncode == 0, err
+    for name, p in members.items():
+        assert p.returncode == 0, (outputs[name][1], err)
+    assert done.read_text() == first_result  # the finished job was not run again
+    second_result = fed.result("density2")
+    assert second_result["status"] == "done", second_result
+    assert second_result["survivors"] == ["p0", "p1", "p2"]
+    assert second_result["round"] > used.get("density2", 0)  # never a round number reused
+    assert "done in an earlier run" in err
+    for name in data:  # one release per job that finished with the participant in it
+        ledger = Ledger(tmp_path / name / "ledger.db")
+        releases = [e.body["description"] for e in ledger.entries(kinds=(RELEASE,))]
+        assert sum("density2" in d for d in releases) >= 1
+        took_part = name in json.loads(first_result)["survivors"]
+        assert sum("density round" in d for d in releases) == int(took_part)

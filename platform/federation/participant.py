@@ -43,6 +43,7 @@ from gramfed.protos import federation_pb2_grpc as pb_grpc
 Stage = pb.Task.Stage
 # Fault injection for the loopback tests: the process kills itself on receiving this stage.
 KILL_AT_ENV = "GRAMFED_TESTING_KILL_AT"
+ABANDONED_POLL_SECONDS = 0.5
 
 
 class Policy(BaseModel):
@@ -110,6 +111,7 @@ class Participant:
             self._channel = grpc.secure_channel(address, tls, options=options)
         self._stub = pb_grpc.CoordinatorStub(self._channel)
         self._clients: dict[tuple[str, int], Client] = {}
+        self._abandoned: set[tuple[str, int]] = set()
         self._stop = threading.Event()
         self.name = ""
         self.completed: list[str] = []
@@ -131,13 +133,15 @@ class Participant:
                 if task.stage == Stage.WAIT:
                     time.sleep(task.retry_after)
                     continue
+                if (task.job_id, task.round) in self._abandoned:
+                    time.sleep(ABANDONED_POLL_SECONDS)  # until the coordinator moves on
+                    continue
                 if os.environ.get(KILL_AT_ENV) == Stage.Name(task.stage):
                     os.kill(os.getpid(), signal.SIGKILL)
                 try:
                     result = self.handle(task)
                 except (SecAggError, wire.WireError, PrivacyError, ValueError) as exc:
-                    self._log(f"{task.job_id} round {task.round}: dropping out: {exc}")
-                    self._clients.pop((task.job_id, task.round), None)
+                    self._abandon(task, f"dropping out: {exc}")
                     continue
                 try:
                     self._stub.SubmitResult(
@@ -147,11 +151,16 @@ class Participant:
                 except grpc.RpcError as exc:
                     # Late, or the coordinator went away: this round is lost for us, not the
                     # job. Pulling again finds the next round (or the restarted coordinator).
-                    self._log(f"{task.job_id} round {task.round}: not submitted: {_status(exc)}")
-                    self._clients.pop((task.job_id, task.round), None)
+                    self._abandon(task, f"not submitted: {_status(exc)}")
         finally:
             self._stop.set()
             self._channel.close()
+
+    def _abandon(self, task: pb.Task, reason: str) -> None:
+        """Leave a round for good: its keys are gone, so its later stages are not ours."""
+        self._log(f"{task.job_id} round {task.round}: {reason}")
+        self._clients.pop((task.job_id, task.round), None)
+        self._abandoned.add((task.job_id, task.round))
 
     def handle(self, task: pb.Task) -> pb.Result:
         """The answer to one stage of one round."""
