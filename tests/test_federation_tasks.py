@@ -1,0 +1,72 @@
+"""What a participant computes for a federated job: vectors, grids, sensitivities (no network)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gramfed.platform.federation import tasks
+from gramfed.platform.federation.jobs import FederatedJob
+from gramfed.platform.federation.local import toml_text
+from gramfed.privacy import fixedpoint
+from gramfed.workers.sketch.classify import accumulate_by_label
+
+CLASSES = {
+    "job": {"kind": "sketch_build", "name": "classes"},
+    "data": {"path": "unused.npz", "label": "y"},
+    "sketch": {"kernel": "gaussian", "bandwidth": 1.0, "features": 64, "seed": 3,
+               "classes": ["0", "1", "2"]},
+    "privacy": {"ledger": "l.db", "key": "l.key", "dataset": "clinic", "epsilon": 1.0},
+    "output": {"path": "classes.gfs"},
+}  # fmt: skip
+
+
+def entry(tmp_path: Path, sections: dict, **options: int) -> FederatedJob:
+    path = tmp_path / "job.toml"
+    path.write_text(toml_text(sections))
+    settings = {"input_dim": 2, "threshold": 2, "max_records": 500, **options}
+    return FederatedJob(spec=path, **settings)
+
+
+def test_class_sketch_vectors_sum_to_the_pooled_class_sums(tmp_path: Path) -> None:
+    job = entry(tmp_path, CLASSES).load().description
+    rng = np.random.default_rng(0)
+    parts = [(rng.normal(size=(n, 2)), rng.integers(0, 3, n).astype(float)) for n in (80, 120)]
+    total = sum(tasks.local_vector(job, x, y) for x, y in parts)
+    decoded = tasks.decode(job, total)
+    x = np.concatenate([p[0] for p in parts])
+    y = np.concatenate([p[1] for p in parts]).astype(int).astype(str)
+    spec = tasks.sketch_spec(job)
+    sums = accumulate_by_label(spec, x, y, ["0", "1", "2"], device="cpu")
+    exact = np.concatenate([np.append(sums[c].values, sums[c].count) for c in "012"])
+    grid = 2.0 ** tasks.exponent(job)
+    assert decoded.shape == exact.shape == (3 * 65,)
+    assert np.max(np.abs(decoded - exact)) <= 2 * 0.5 * grid  # two roundings to the grid
+    assert decoded[64] == exact[64] == sum(y == "0")
+
+
+def test_sensitivities_include_the_rounding(tmp_path: Path) -> None:
+    rff = entry(tmp_path, CLASSES).load().description
+    m = tasks.dim(rff)
+    e = tasks.exponent(rff)
+    bound = fixedpoint.l2_units(math.sqrt(3), e, m)
+    assert tasks.mechanism(rff).sensitivity == pytest.approx(float(bound))
+    # the grid keeps the rounding term within 1/64 to 1/32 of the scaled sensitivity
+    assert fixedpoint.ceil_sqrt(m) <= 2 * (math.sqrt(3) / 2.0**e) / tasks.ROUNDING_SHARE
+    lsh = {**CLASSES, "sketch": {"kernel": "l2", "bandwidth": 1.0, "repetitions": 8,
+                                 "hashes": 2, "buckets": 16}}  # fmt: skip
+    lsh["data"] = {"path": "unused.npz"}
+    counts = entry(tmp_path, lsh).load().description
+    assert tasks.exponent(counts) == 0
+    assert tasks.mechanism(counts).sensitivity == pytest.approx(3.0)  # sqrt(R + 1), R = 8
+
+
+def test_a_participant_over_the_record_bound_computes_nothing(tmp_path: Path) -> None:
+    job = entry(tmp_path, CLASSES, max_records=10).load().description
+    with pytest.raises(tasks.TaskError, match="exceed the job's public bound of 10"):
+        tasks.local_vector(job, np.zeros((11, 2)), np.zeros(11))
+    with pytest.raises(tasks.TaskError, match="needs labels"):
+        tasks.local_vector(job, np.zeros((5, 2)), None)
