@@ -10,7 +10,6 @@ import numpy as np
 
 from gramfed.platform.federation.secagg import SHARE_BYTES, Advert, Reveal, RoundSpec
 from gramfed.protos import federation_pb2 as pb
-from gramfed.workers.sketch.spec import SketchSpec
 
 MAX_MESSAGE_BYTES = 4 << 20  # per gRPC message, both directions
 CHUNK_BYTES = 1 << 20  # a submitted Result is cut into chunks of this size
@@ -158,27 +157,3 @@ def reveal_from_pb(name: str, message: pb.Reveal) -> Reveal:
         return out
 
     return Reveal(name, values(message.seed_shares), values(message.key_shares))
-
-
-def sketch_to_pb(spec: SketchSpec) -> pb.SketchParams:
-    return pb.SketchParams(
-        kernel=spec.kernel,
-        input_dim=spec.input_dim,
-        seed=spec.seed,
-        bandwidth=spec.bandwidth or 0.0,
-        repetitions=spec.repetitions,
-        hashes=spec.hashes,
-        buckets=spec.buckets,
-    )
-
-
-def sketch_from_pb(message: pb.SketchParams) -> SketchSpec:
-    return SketchSpec(
-        kernel=message.kernel,
-        input_dim=message.input_dim,
-        seed=message.seed,
-        bandwidth=message.bandwidth or None,
-        repetitions=message.repetitions,
-        hashes=message.hashes,
-        buckets=message.buckets,
-    )
