@@ -5,14 +5,17 @@
 
 Times the exact accumulation (chunked float32 matmul + cos in a reused buffer, float64 sums),
 the gate release on top of it (noise for 4,097 coordinates, signed ledger entry), and batched
-KDE queries with and without their error bounds. Prints a Markdown table with wall seconds and
-the process's CPU seconds (on a shared machine the wall time depends on the others' load; the
-CPU time much less so).
+KDE queries with and without their error bounds (float32 features in cache-sized blocks; the
+bound includes the float32 rounding term), then each step of the query pass timed alone.
+Prints Markdown tables with wall seconds and the process's CPU seconds, and the machine's load
+average before and after (on a shared machine the wall time depends on the others' load; the
+CPU time much less so; with T threads CPU seconds add up over the threads).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -22,9 +25,37 @@ from sketch_error import POOL, scratch_gate
 from gramfed.platform.sketch_release import release_sketch
 from gramfed.privacy.accountant import rho_for_epsilon
 from gramfed.workers.device import resolve_device
-from gramfed.workers.sketch.accumulate import accumulate
+from gramfed.workers.sketch.accumulate import QUERY_CHUNK_BYTES, accumulate, chunk_rows
 from gramfed.workers.sketch.query import SketchQuery
+from gramfed.workers.sketch.rff import RandomFourierFeatures
 from gramfed.workers.sketch.spec import SketchSpec
+
+
+def breakdown(engine: SketchQuery, queries: np.ndarray) -> dict[str, float]:
+    """Seconds of each step of the query pass over all ``queries``, timed step by step on the
+    engine's own blocks (one block of cosines reused, as in the pass itself)."""
+    feature = engine.feature
+    assert isinstance(feature, RandomFourierFeatures)
+    y = torch.as_tensor(queries, dtype=torch.float32, device=engine.device)
+    rows = chunk_rows(engine.spec, QUERY_CHUNK_BYTES)
+    block = torch.empty(min(rows, len(y)), engine.spec.features, device=engine.device)
+    steps = {
+        "addmm (W y + b)": lambda c, b: torch.addmm(feature.phases, c, feature.weights, out=b),
+        "cos": lambda c, b: torch.cos_(b),
+        "product with the sums": lambda c, b: b @ engine.values,
+        "norms for the bound": lambda c, b: torch.linalg.vector_norm(b, dim=1),
+    }
+    seconds = dict.fromkeys(steps, 0.0)
+    for start in range(0, len(y), rows):
+        chunk = y[start : start + rows]
+        out = block[: len(chunk)]
+        for name, step in steps.items():
+            began = time.perf_counter()
+            step(chunk, out)
+            if engine.device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds[name] += time.perf_counter() - began
+    return seconds
 
 
 def main() -> None:
@@ -44,6 +75,7 @@ def main() -> None:
     queries = rng.standard_normal((args.queries, args.d))
     spec = SketchSpec("gaussian", args.d, seed=1, bandwidth=args.d**0.5, features=args.features)
     accumulate(spec, x[:1000], device=device)  # warm-up
+    load_before = os.getloadavg()
     with scratch_gate() as gate:
         start, cpu_start = time.perf_counter(), time.process_time()
         sums = accumulate(spec, x, device=device)
@@ -63,7 +95,12 @@ def main() -> None:
     end_q, cpu_end_q = time.perf_counter(), time.process_time()
     engine.density_with_bound(queries)
     both_q, cpu_both_q = time.perf_counter(), time.process_time()
+    load_after = os.getloadavg()
     print(f"device: {device} ({torch.get_num_threads()} CPU threads)")
+    print(
+        "load average (1, 5, 15 min) before / after:"
+        f" {' '.join(f'{v:.2f}' for v in load_before)} / {' '.join(f'{v:.2f}' for v in load_after)}"
+    )
     print("| step | wall s | CPU s | rate (wall) |")
     print("|---|---|---|---|")
     print(
@@ -85,6 +122,11 @@ def main() -> None:
         f"| {args.queries:,} densities with bounds (one pass) | {both_q - end_q:.2f} |"
         f" {cpu_both_q - cpu_end_q:.2f} | {args.queries / (both_q - end_q):,.0f} queries/s |"
     )
+    print()
+    print(f"| step of the query pass ({args.queries:,} queries, timed alone) | s |")
+    print("|---|---|")
+    for name, seconds in breakdown(engine, queries).items():
+        print(f"| {name} | {seconds:.3f} |")
 
 
 if __name__ == "__main__":

@@ -85,6 +85,92 @@ def test_discrete_laplace_sampler_matches_its_pmf(scale: Fraction) -> None:
     assert _chi_square_p(x, _laplace_log_weight(float(scale) * 1.1)) < ALPHA
 
 
+@pytest.mark.parametrize(
+    "sigma2", [Fraction(1, 3), Fraction(10773545, 512)], ids=["below-one", "lsh-counts"]
+)
+def test_batched_discrete_gaussian_matches_the_exact_pmf_and_variance(sigma2: Fraction) -> None:
+    # 10^5 draws come from a few batches: the chi-square sees every step of the batched path.
+    x = samplers.discrete_gaussian_array(sigma2, 100_000, SeededBits(31))
+    assert _chi_square_p(x, _gaussian_log_weight(float(sigma2))) > ALPHA
+    assert _chi_square_p(x, _gaussian_log_weight(float(sigma2) * 1.05**2)) < ALPHA
+    reach = 60 * (math.isqrt(int(sigma2)) + 1)
+    support = np.arange(-reach, reach + 1)
+    pmf = np.exp(-(support.astype(float) ** 2) / (2 * float(sigma2)))
+    pmf /= pmf.sum()
+    variance = float(pmf @ support.astype(float) ** 2)
+    fourth = float(pmf @ support.astype(float) ** 4)
+    z = (np.mean(x.astype(float) ** 2) - variance) / math.sqrt((fourth - variance**2) / x.size)
+    assert abs(z) < 4
+    assert abs(np.corrcoef(x[:-1], x[1:])[0, 1]) < 0.02  # draws independent of their neighbours
+
+
+def test_batched_discrete_gaussian_is_exact_at_fixed_point_variances() -> None:
+    # The fixed-point Gaussian mechanism's variances (2^46 units here) take the path whose
+    # acceptance integers exceed 64 bits; at this sigma N_Z is the normal to within 1e-300.
+    sigma2 = 67_720_003_068_411
+    x = samplers.discrete_gaussian_array(sigma2, 50_000, SeededBits(32)).astype(float)
+    sd = math.sqrt(sigma2)
+    assert stats.kstest(x, "norm", args=(0, sd)).pvalue > ALPHA
+    assert stats.kstest(x, "norm", args=(0, 1.05 * sd)).pvalue < ALPHA
+    z = (np.mean(x**2) / sigma2 - 1) / math.sqrt(2 / x.size)
+    assert abs(z) < 4
+
+
+def test_batched_bernoulli_of_a_ratio_settles_ties_exactly() -> None:
+    # Forcing every word onto the threshold T = floor(n 2^64 / d) leaves only the tie rule:
+    # success with probability (n 2^64 mod d) / d.
+    n, d = 5, 3 * 2**70 + 1
+    threshold = (n << 64) // d
+
+    class TiedWords:
+        cryptographic = False
+
+        def __init__(self) -> None:
+            self.inner = SeededBits(33)  # the tie's own draw
+
+        def _block(self) -> bytes:
+            return np.full(64, threshold, dtype="<u8").tobytes()
+
+        def randbelow(self, k: int) -> int:
+            return self.inner.randbelow(k)
+
+    words = samplers._WordStream(TiedWords())
+    hits = samplers._bernoulli_ratio(np.full(N, n, dtype=object), d, words)
+    p = ((n << 64) % d) / d
+    assert stats.binomtest(int(hits.sum()), N, p).pvalue > ALPHA
+
+
+def test_batched_bernoulli_exp_is_exact_past_its_batched_rounds(monkeypatch) -> None:
+    # With two batched rounds, most draws of exp(-1) finish in the one-by-one continuation.
+    monkeypatch.setattr(samplers, "_ROUNDS_BATCHED", 2)
+    words = samplers._WordStream(SeededBits(34))
+    hits = samplers._bernoulli_exp_le1_array(np.full(N, 3), 4, words)
+    assert stats.binomtest(int(hits.sum()), N, math.exp(-3 / 4)).pvalue > ALPHA
+    big = np.array([3 * 2**80 + 7] * N, dtype=object)  # floor(n / d) = 3: a run, then a remainder
+    hits = samplers._bernoulli_exp_ratio(big, 2**80, words)
+    assert stats.binomtest(int(hits.sum()), N, math.exp(-3 - 7 / 2**80)).pvalue > ALPHA
+
+
+def test_array_samplers_use_any_random_bits_source() -> None:
+    # A source without whole blocks is read through randbits; same distribution.
+    class BitsOnly:
+        cryptographic = False
+
+        def __init__(self) -> None:
+            self.inner = SeededBits(35)
+
+        def randbits(self, k: int) -> int:
+            return self.inner.randbits(k)
+
+        def randbelow(self, n: int) -> int:
+            return self.inner.randbelow(n)
+
+    x = samplers.discrete_gaussian_array(Fraction(9, 2), N, BitsOnly())
+    assert _chi_square_p(x, _gaussian_log_weight(4.5)) > ALPHA
+    y = samplers.discrete_laplace_array(Fraction(7, 3), N, BitsOnly())
+    assert _chi_square_p(y, _laplace_log_weight(7 / 3)) > ALPHA
+
+
 def test_seeded_bits_are_reproducible_and_uniform() -> None:
     assert [SeededBits(3).randbits(64) for _ in range(2)] == [SeededBits(3).randbits(64)] * 2
     rng = SeededBits(5)

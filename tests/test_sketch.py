@@ -15,6 +15,7 @@ from gramfed.privacy.errors import BudgetExceeded
 from gramfed.privacy.gate import Gate
 from gramfed.privacy.ledger import Ledger
 from gramfed.privacy.rng import SeededBits
+from gramfed.workers.sketch import query as query_module
 from gramfed.workers.sketch import rff
 from gramfed.workers.sketch.accumulate import SketchSums, accumulate, accumulate_shards
 from gramfed.workers.sketch.classify import SketchClassifier, accumulate_by_label
@@ -247,6 +248,40 @@ def test_estimates_track_the_exact_kde_within_the_stated_bound(
         query.density_with_bound(queries, confidence=1.0)
 
 
+def test_float32_cosines_stay_within_the_error_the_bound_assumes() -> None:
+    z = np.random.default_rng(4).uniform(-1e4, 1e4, 10**6).astype(np.float32)
+    error = np.abs(torch.cos(torch.from_numpy(z)).numpy() - np.cos(z.astype(np.float64)))
+    assert error.max() <= query_module.COS_ULPS * query_module.UNIT_ROUNDOFF
+
+
+@pytest.mark.parametrize("projection", [None, 3])
+def test_rff_bound_covers_the_float32_rounding_of_queries(
+    projection: int | None, data: np.ndarray, rng: np.random.Generator
+) -> None:
+    spec = SketchSpec(
+        "gaussian", 3, seed=5, bandwidth=0.3, features=2048, projection_dim=projection
+    )
+    sketch = noiseless(accumulate(spec, data))
+    engine = SketchQuery(sketch, device="cpu")
+    # Queries from the data's scale out to |y| / h ~ 3e4, where float32 arguments lose digits.
+    queries = rng.standard_normal((300, 3)) * np.logspace(0, 4, 300)[:, None]
+    feature = engine.feature
+    z = torch.as_tensor(queries)
+    if feature.projection is not None:
+        z = z @ feature.projection.double()
+    exact = torch.cos(z @ feature.weights.double() + feature.phases.double()) @ torch.as_tensor(
+        sketch.values * feature.scale
+    )
+    error = (engine.density(queries) - exact / sketch.count).abs()
+    # Noise-free, so the bound is the approximation term plus the rounding term alone.
+    beta = 0.05
+    rounding = engine.error_bound(queries, 1 - beta) - math.sqrt(8 * math.log(4 / beta) / 2048)
+    assert bool((error <= rounding).all())
+    # Far queries do lose precision in float32 (the term is not covering a zero error).
+    assert float(error[-30:].max()) > 100 * float(error[:30].max())
+    assert float(rounding[:30].max()) < 1e-3  # while the term stays small near the data
+
+
 def test_projection_keeps_the_estimate_close(data: np.ndarray, rng: np.random.Generator) -> None:
     wide = np.concatenate([data, rng.standard_normal((len(data), 29)) * 0.1], axis=1)
     queries = wide[:100] + 0.1
@@ -278,6 +313,34 @@ def test_classification_by_class_densities_costs_one_release(
     assert np.mean(predicted == np.repeat(["a", "b"], 300)) > 0.9
     with pytest.raises(ValueError, match="not among the declared classes"):
         accumulate_by_label(GAUSSIAN, x, y, ["a"])
+
+
+def test_rows_are_grouped_by_label_name(data: np.ndarray) -> None:
+    # Integer and string labels of the same name are one class, in any order of the rows.
+    y = np.array([1, "1", 2] * 100, dtype=object)
+    sums = accumulate_by_label(ANGULAR, data[:300], y, ["1", "2", "3"])
+    ones = np.flatnonzero(np.arange(300) % 3 != 2)
+    assert sums["1"].count == 200 and sums["3"].count == 0
+    np.testing.assert_array_equal(sums["1"].values, accumulate(ANGULAR, data[ones]).values)
+    np.testing.assert_array_equal(sums["2"].values, accumulate(ANGULAR, data[2:300:3]).values)
+    with pytest.raises(ValueError, match="rows but 299 labels"):
+        accumulate_by_label(ANGULAR, data[:300], y[:299], ["1", "2"])
+
+
+@pytest.mark.parametrize("spec", [GAUSSIAN, ANGULAR], ids=lambda s: s.kernel)
+def test_rank_keeps_the_leading_public_directions(
+    spec: SketchSpec, rng: np.random.Generator
+) -> None:
+    public = rng.standard_normal((60, 3))
+    sums = accumulate_by_label(spec, public, np.repeat(["a", "b"], 30), ["a", "b"])
+    exact = {c: noiseless(s) for c, s in sums.items()}
+    full = SketchClassifier(exact, public=public, device="cpu").values
+    ranked = [SketchClassifier(exact, public=public, rank=k, device="cpu").values for k in (1, 5)]
+    # Projections on nested subspaces: the norm grows with the rank, up to the full span's.
+    norms = [float(v.norm()) for v in (*ranked, full)]
+    assert norms[0] < norms[1] < norms[2] * (1 + 1e-5)
+    with pytest.raises(ValueError, match="rank must be a positive integer"):
+        SketchClassifier(exact, rank=5, device="cpu")
 
 
 @pytest.mark.parametrize("spec", [GAUSSIAN, ANGULAR, L2], ids=lambda s: s.kernel)

@@ -12,6 +12,12 @@ a score's noise sd drops from ``sigma |phi(y)|`` to ``sigma |proj phi(y)|``. It 
 release and public data, so it is post-processing too. For LSH sketches ``P`` is never formed:
 ``P v`` gathers counts, ``P' z`` scatters them, and ``P P'`` counts shared buckets. The cost
 grows like m^3 in the m public rows: a thousand or so is plenty when class densities are smooth.
+
+``rank=k`` keeps only the k leading directions of that span, the top kernel principal components
+of the public rows (the leading eigenvectors of ``P P'``): a score's noise then lives in k
+dimensions instead of m, while the class sums, which are smooth functions of the data, keep
+most of their mass there. k trades that noise against the bias of dropping the rest; it is
+public (a choice made on public or held-out data, never on the evaluation data).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from torch import Tensor
 
 from gramfed.workers.device import resolve_device
 from gramfed.workers.sketch.accumulate import (
+    QUERY_CHUNK_BYTES,
     SketchSums,
     accumulate,
     as_inputs,
@@ -48,16 +55,29 @@ def accumulate_by_label(
     A label with no rows gets zero sums (its count is then pure noise once released), and a row
     whose label is not listed is refused: dropping it silently would change the data.
     """
-    names = np.asarray([str(v) for v in np.asarray(y).tolist()])
-    unknown = sorted(set(names.tolist()) - set(labels))
+    # Group by the distinct values (a sort), naming only those: str() per row costs more than
+    # hashing a million rows. Values of mixed types do not sort; their names do.
+    raw = np.asarray(y)
+    try:
+        values, group = np.unique(raw, return_inverse=True)
+    except TypeError:
+        values, group = np.unique(raw.astype(str), return_inverse=True)
+    names = [str(v) for v in values.tolist()]
+    unknown = sorted(set(names) - set(labels))
     if unknown:
         raise ValueError(f"labels {unknown[:5]} are not among the declared classes {list(labels)}")
     inputs = as_inputs(x, spec)
-    if len(names) != inputs.shape[0]:
-        raise ValueError(f"{inputs.shape[0]} rows but {len(names)} labels")
+    if group.size != inputs.shape[0]:
+        raise ValueError(f"{inputs.shape[0]} rows but {group.size} labels")
+    # Values with equal names (1 and "1") are one class.
+    position = {label: i for i, label in enumerate(labels)}
+    group = np.array([position[name] for name in names], dtype=np.int64)[group.ravel()]
+    order = torch.from_numpy(np.argsort(group, kind="stable"))
+    sizes = np.bincount(group, minlength=len(labels)).tolist()
+    parts = torch.split(inputs[order], sizes)
     return {
-        label: accumulate(spec, inputs[torch.from_numpy(names == label)], **options)  # type: ignore[arg-type]
-        for label in labels
+        label: accumulate(spec, part, **options)  # type: ignore[arg-type]
+        for label, part in zip(labels, parts, strict=True)
     }
 
 
@@ -70,7 +90,8 @@ class SketchClassifier:
     and its value only a positive total N. That matters for LSH sketches, whose count carries
     the same noise as every bucket (sd growing like sqrt(R)): with many repetitions and small
     classes a noisy count can be negative while the class's scores, averaged over the R
-    repetitions, are still accurate. ``public`` rows denoise the class sums (module docstring).
+    repetitions, are still accurate. ``public`` rows denoise the class sums, on their ``rank``
+    leading directions if given (module docstring).
     """
 
     def __init__(
@@ -79,6 +100,7 @@ class SketchClassifier:
         *,
         prior: bool = False,
         public: np.ndarray | Tensor | None = None,
+        rank: int | None = None,
         device: str | torch.device | None = "auto",
     ) -> None:
         if len(sketches) < 2:
@@ -100,8 +122,10 @@ class SketchClassifier:
         self.counts = counts
         self.prior = prior
         stacked = np.stack([sketches[c].values for c in self.labels], axis=1).astype(np.float64)
+        if rank is not None and (public is None or isinstance(rank, bool) or rank < 1):
+            raise ValueError(f"rank must be a positive integer with public rows, got {rank!r}")
         if public is not None:
-            stacked = self._public_span(as_inputs(public, self.spec), stacked)
+            stacked = self._public_span(as_inputs(public, self.spec), stacked, rank)
         if isinstance(self.feature, RandomFourierFeatures):
             # phi(y)' S = cos(W y + b)' (scale S): the scale goes into the sums once.
             stacked = stacked * self.feature.scale
@@ -128,18 +152,19 @@ class SketchClassifier:
         scores = self._numerators(queries) if self.prior else self.scores(queries)
         return np.asarray(self.labels, dtype=object)[scores.argmax(1).numpy()]
 
-    def _public_span(self, public: Tensor, values: np.ndarray) -> np.ndarray:
-        """``values`` (size, C) projected on the span of the public rows' features."""
+    def _public_span(self, public: Tensor, values: np.ndarray, rank: int | None) -> np.ndarray:
+        """``values`` (size, C) projected on the span of the public rows' features (on its
+        ``rank`` leading directions if given)."""
         if public.shape[0] < 1:
             raise ValueError("give at least one public row to denoise with")
         v = torch.as_tensor(values, dtype=torch.float64)
         if isinstance(self.feature, RandomFourierFeatures):
             p = self.feature(public.to(self.device, torch.float32)).to("cpu", torch.float64)
-            return (p.T @ _pseudo_solve(p @ p.T, p @ v)).numpy()
+            return (p.T @ _pseudo_solve(p @ p.T, p @ v, rank)).numpy()
         index = self.feature(public).cpu()  # (m, R) flat bucket positions
         gram = _shared_buckets(index, self.spec.buckets)
         pv = v[index].sum(1)  # (m, C)
-        z = _pseudo_solve(gram, pv)
+        z = _pseudo_solve(gram, pv, rank)
         out = torch.zeros_like(v)
         out.index_add_(0, index.reshape(-1), z.repeat_interleave(index.shape[1], 0))
         return out.numpy()
@@ -147,13 +172,14 @@ class SketchClassifier:
     def _numerators(self, queries: np.ndarray | Tensor) -> Tensor:
         """(m, C) noisy kernel sums of each class at each query: the densities times n_c."""
         y = as_inputs(queries, self.spec)
-        rows = chunk_rows(self.spec)
         if isinstance(self.feature, RandomFourierFeatures):
+            rows = chunk_rows(self.spec, QUERY_CHUNK_BYTES)
             out = [
                 (cosines @ self.values).to(torch.float64).cpu()
                 for _, cosines in rff_cosines(self.feature, y, rows)
             ]
         else:
+            rows = chunk_rows(self.spec)
             out = [
                 self.values[self.feature(y[s : s + rows].to(self.device))]
                 .mean(1)
@@ -169,12 +195,15 @@ class SketchClassifier:
         return raw
 
 
-def _pseudo_solve(gram: Tensor, rhs: Tensor) -> Tensor:
+def _pseudo_solve(gram: Tensor, rhs: Tensor, rank: int | None = None) -> Tensor:
     """``gram^+ rhs`` for a symmetric positive semi-definite ``gram`` (public rows can repeat,
     so it can be singular), by its eigendecomposition: a few times cheaper than an SVD-based
-    least-squares solve and as exact on the range."""
-    values, vectors = torch.linalg.eigh(gram)
+    least-squares solve and as exact on the range. With ``rank`` only the ``rank`` largest
+    eigenvalues are inverted: ``P' gram_k^+ P`` projects on the top ``rank`` directions."""
+    values, vectors = torch.linalg.eigh(gram)  # ascending
     keep = values > values.max() * gram.shape[0] * torch.finfo(gram.dtype).eps
+    if rank is not None:
+        keep[: max(0, gram.shape[0] - rank)] = False
     inverse = torch.where(keep, 1.0 / values.clamp_min(torch.finfo(gram.dtype).tiny), 0.0)
     return vectors @ (inverse[:, None] * (vectors.T @ rhs))
 

@@ -21,12 +21,33 @@ sketch's random features and noise (union bound over three events):
   ``|est - A| = |eta - e A| / n~ <= (t_eta + |A|max t_e) / (n~ - t_e)``.
 
 The LSH bound is divided by (1 - 1/W) when the bias correction applies.
+
+RFF queries run in float32 (twice the speed of float64; the cosines are most of the cost), so the
+RFF bound adds a deterministic term for the query's rounding, which makes it a bound on the
+exact-arithmetic estimate's error as well (u = 2^-24, ``gamma_k = k u / (1 - k u)``, any
+summation order; Higham, *Accuracy and Stability of Numerical Algorithms*, 3.1):
+
+* arguments ``z_j = w_j'P'y + b_j`` (P the optional projection, else I) computed from the float64
+  query rounded to float32: ``|dz_j| <= gamma_K (|b|_max + omega |y|_2 |P|_F)``, with omega the
+  largest column norm of W and K = projected dim + input dim + 5 (the query's rounding, the
+  projection's and the frequencies' inner products, and the float32 parameters against their
+  float64 draws);
+* cosines: float32 ``cos`` is within 2 ulp (<= 4u here) of the cosine of its argument, and cos
+  is 1-Lipschitz, so ``|dc_j| <= dz + 4u`` (``tests/test_sketch.py`` checks the library's cos);
+* the dot product with the float32 sums v: ``|d raw| <= |v|_1 (gamma_D + dc + 2u)``, which the
+  bound adds after dividing by n~; the cosines' norm used for the noise tail is inflated by
+  ``gamma_D`` and ``sqrt(D) dc``.
+
+Since |v|_1 / n~ is at most 2 plus the noise's share (|phi_j| <= sqrt(2 / D)), the term is at
+most about 2 (gamma_D + dc), 5e-4 for D = 4,096 near the data, against an approximation term of
+0.09; it grows with |y|, as float32 arguments lose absolute precision far from the origin.
+The build's own float32 rounding is part of the released sums and is not in this term: it
+depends on the private records' norms, which the sketch does not state.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -35,13 +56,21 @@ from torch import Tensor
 from gramfed.workers.device import resolve_device
 from gramfed.workers.kernels.base import Kernel
 from gramfed.workers.kernels.rbf import RBFARDKernel
-from gramfed.workers.sketch.accumulate import as_inputs, chunk_rows, featuriser, rff_cosines
+from gramfed.workers.sketch.accumulate import (
+    QUERY_CHUNK_BYTES,
+    as_inputs,
+    chunk_rows,
+    featuriser,
+    rff_cosines,
+)
 from gramfed.workers.sketch.lsh import CollisionKernel
 from gramfed.workers.sketch.rff import RandomFourierFeatures
 from gramfed.workers.sketch.sketch import Sketch
 from gramfed.workers.sketch.spec import SketchSpec
 
 DEFAULT_CONFIDENCE = 0.95
+UNIT_ROUNDOFF = 2.0**-24  # float32
+COS_ULPS = 4.0  # float32 cos error, in units of UNIT_ROUNDOFF (2 ulp of a value below 1)
 
 
 class SketchQuery:
@@ -52,72 +81,81 @@ class SketchQuery:
         self.spec = sketch.spec
         self.device = resolve_device(device)
         self.feature = featuriser(self.spec, self.device)
-        if isinstance(self.feature, RandomFourierFeatures):
-            # phi(y)' S = cos(W y + b)' (scale S): the scale goes into the sums once.
-            scaled = sketch.values * self.feature.scale
-            self.values = torch.tensor(scaled, dtype=torch.float32, device=self.device)
-        else:
-            self.values = torch.tensor(sketch.values, dtype=torch.float64, device=self.device)
         if sketch.count <= 0:
             raise ValueError(
                 f"the sketch's noisy count is {sketch.count:.3g}: too few records for density"
                 " estimates at this noise level"
             )
-
-    def _cosines(self, queries: np.ndarray | Tensor) -> Iterator[Tensor]:
-        """``cos(W y + b)`` of successive chunks of the queries (RFF), in a reused buffer."""
-        assert isinstance(self.feature, RandomFourierFeatures)
-        y = as_inputs(queries, self.spec)
-        for _, cosines in rff_cosines(self.feature, y, chunk_rows(self.spec)):
-            yield cosines
-
-    def raw_scores(self, queries: np.ndarray | Tensor) -> Tensor:
-        """``phi(y)' S~`` (RFF) or ``(1/R) sum_r C~[r, g_r(y)]`` (LSH), float64 on the CPU."""
-        if self.spec.is_rff:
-            out = [(c @ self.values).to(torch.float64).cpu() for c in self._cosines(queries)]
+        if isinstance(self.feature, RandomFourierFeatures):
+            # phi(y)' S = cos(W y + b)' (scale S): the scale goes into the sums once.
+            scaled = sketch.values * self.feature.scale
+            self.values = torch.tensor(scaled, dtype=torch.float32, device=self.device)
+            self._values_l1 = float(self.values.abs().sum(dtype=torch.float64))
         else:
-            y = as_inputs(queries, self.spec)
-            rows = chunk_rows(self.spec)
-            out = [
-                self.values[self.feature(y[s : s + rows].to(self.device))]
-                .mean(1)
-                .to(torch.float64)
-                .cpu()
-                for s in range(0, y.shape[0], rows)
-            ]
-        return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+            self.values = torch.tensor(sketch.values, dtype=torch.float64, device=self.device)
 
     def density(self, queries: np.ndarray | Tensor) -> Tensor:
         """KDE estimates at ``queries`` (m, d), float64, not clipped (clipping would bias)."""
-        return self._normalise(self.raw_scores(queries))
+        y = as_inputs(queries, self.spec)
+        if not self.spec.is_rff:
+            return self._normalise(self._lsh_scores(y))
+        raw, _, _ = self._rff_scan(y, norms=False)
+        return self._normalise(raw)
 
     def error_bound(
         self, queries: np.ndarray | Tensor, confidence: float = DEFAULT_CONFIDENCE
     ) -> Tensor:
         """Per-query bound on |estimate - exact KDE| (see the module docstring)."""
-        beta = _failure(confidence)
         if not self.spec.is_rff:
-            return self._bound(None, None, beta, len(queries))
-        l2, linf = [], []
-        for c in self._cosines(queries):
-            l2.append(c.norm(dim=1).to("cpu", torch.float64))
-            linf.append(c.abs().amax(dim=1).to("cpu", torch.float64))
-        return self._bound(_cat(l2), _cat(linf), beta, len(queries))
+            return self._lsh_bound(_failure(confidence), len(queries))
+        return self.density_with_bound(queries, confidence)[1]
 
     def density_with_bound(
         self, queries: np.ndarray | Tensor, confidence: float = DEFAULT_CONFIDENCE
     ) -> tuple[Tensor, Tensor]:
-        """``density`` and ``error_bound`` together, from one pass over the queries' features
-        (each costs about as much as the other, so this halves the work of asking both)."""
+        """``density`` and ``error_bound`` together, from one pass over the queries' features:
+        the bound needs the norms of the same cosines whose product with the sums is the
+        estimate, and computing them is a few percent of the pass."""
         beta = _failure(confidence)
         if not self.spec.is_rff:
-            return self.density(queries), self._bound(None, None, beta, len(queries))
-        raw, l2, linf = [], [], []
-        for c in self._cosines(queries):
-            raw.append((c @ self.values).to("cpu", torch.float64))
-            l2.append(c.norm(dim=1).to("cpu", torch.float64))
-            linf.append(c.abs().amax(dim=1).to("cpu", torch.float64))
-        return self._normalise(_cat(raw)), self._bound(_cat(l2), _cat(linf), beta, len(queries))
+            return self.density(queries), self._lsh_bound(beta, len(queries))
+        y = as_inputs(queries, self.spec)
+        raw, l2, linf = self._rff_scan(y, norms=True)
+        return self._normalise(raw), self._rff_bound(raw, l2, linf, y.norm(dim=1), beta)
+
+    def _rff_scan(self, y: Tensor, *, norms: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """``cos(W y + b)' (scale S~)`` of every query, float64 on the CPU, and with ``norms``
+        the cosines' L2 norms and, when the noise has a sub-exponential part (Laplace; it
+        multiplies them), their largest absolute values. Blocks of queries small enough for
+        their cosines to stay in cache between the products that write and read them."""
+        assert isinstance(self.feature, RandomFourierFeatures)
+        m = y.shape[0]
+        raw = torch.empty(m, dtype=torch.float32, device=self.device)
+        l2 = torch.empty(m, dtype=torch.float32, device=self.device) if norms else None
+        need_linf = norms and self.sketch.noise.subexponential > 0
+        linf = torch.empty(m, dtype=torch.float32, device=self.device) if need_linf else None
+        start = 0
+        for _, cosines in rff_cosines(self.feature, y, chunk_rows(self.spec, QUERY_CHUNK_BYTES)):
+            stop = start + cosines.shape[0]
+            torch.mv(cosines, self.values, out=raw[start:stop])
+            if l2 is not None:
+                torch.linalg.vector_norm(cosines, dim=1, out=l2[start:stop])
+            if linf is not None:
+                torch.amax(cosines.abs_(), dim=1, out=linf[start:stop])
+            start = stop
+        return raw.to("cpu", torch.float64), _host(l2), _host(linf)
+
+    def _lsh_scores(self, y: Tensor) -> Tensor:
+        """``(1/R) sum_r C~[r, g_r(y)]`` of every validated query, float64 on the CPU."""
+        rows = chunk_rows(self.spec)
+        out = [
+            self.values[self.feature(y[s : s + rows].to(self.device))]
+            .mean(1)
+            .to(torch.float64)
+            .cpu()
+            for s in range(0, y.shape[0], rows)
+        ]
+        return _cat(out)
 
     def _normalise(self, raw: Tensor) -> Tensor:
         estimate = raw / self.sketch.count
@@ -126,30 +164,66 @@ class SketchQuery:
             estimate = (estimate - 1.0 / w) / (1.0 - 1.0 / w)
         return estimate
 
-    def _bound(self, l2: Tensor | None, linf: Tensor | None, beta: float, m: int) -> Tensor:
-        """The bound from the queries' norms of ``cos(W y + b)`` (RFF; None for LSH)."""
+    def _count_tail(self, beta: float) -> float:
+        return float(self.sketch.noise.tail(1.0, 1.0, beta / 4))
+
+    def _rff_bound(
+        self, raw: Tensor, l2: Tensor | None, linf: Tensor | None, y_norm: Tensor, beta: float
+    ) -> Tensor:
+        """The RFF bound from the cosines' norms and the queries' norms (module docstring)."""
+        assert isinstance(self.feature, RandomFourierFeatures) and l2 is not None
+        spec, n, scale = self.spec, self.sketch.count, self.feature.scale
+        t_count = self._count_tail(beta)
+        if t_count >= n:
+            return torch.full_like(raw, math.inf)
+        dc = self._cosine_error(y_norm)
+        gamma_d = _gamma(spec.features)
+        l2 = l2 * (1.0 + gamma_d) + math.sqrt(spec.features) * dc
+        linf = 0.0 if linf is None else linf + dc
+        approx = math.sqrt(8.0 * math.log(4.0 / beta) / spec.features)
+        t_eta = self.sketch.noise.tail(l2 * scale, linf * scale, beta / 4)
+        rounding = self._values_l1 * (gamma_d + dc + 2.0 * UNIT_ROUNDOFF) / n
+        return approx + (t_eta + 2.0 * t_count) / (n - t_count) + rounding
+
+    def _cosine_error(self, y_norm: Tensor) -> Tensor:
+        """Bound on |float32 cos(W y + b) - exact| per query, from the query norms |y|_2."""
+        feature = self.feature
+        assert isinstance(feature, RandomFourierFeatures)
+        omega = float(torch.linalg.vector_norm(feature.weights.double(), dim=0).max())
+        reach = omega * y_norm
+        if feature.projection is not None:
+            reach = reach * float(torch.linalg.matrix_norm(feature.projection.double()))
+        terms = self.spec.featurised_dim + self.spec.input_dim + 5
+        phase = float(feature.phases.abs().max())
+        return _gamma(terms) * (phase + reach) + COS_ULPS * UNIT_ROUNDOFF
+
+    def _lsh_bound(self, beta: float, m: int) -> Tensor:
         noise, spec, n = self.sketch.noise, self.spec, self.sketch.count
-        t_count = float(noise.tail(1.0, 1.0, beta / 4))
+        t_count = self._count_tail(beta)
         if t_count >= n:
             return torch.full((m,), math.inf, dtype=torch.float64)
-        if l2 is not None and linf is not None:
-            scale = self.feature.scale  # type: ignore[union-attr]
-            approx = math.sqrt(8.0 * math.log(4.0 / beta) / spec.features)
-            t_eta = noise.tail(l2 * scale, linf * scale, beta / 4)
-            return approx + (t_eta + 2.0 * t_count) / (n - t_count)
         r = spec.repetitions
         approx = math.sqrt(math.log(4.0 / beta) / (2.0 * r))
-        t_eta_lsh = float(noise.tail(1.0 / math.sqrt(r), 1.0 / r, beta / 4))
-        bound = approx + (t_eta_lsh + t_count) / (n - t_count)
+        t_eta = float(noise.tail(1.0 / math.sqrt(r), 1.0 / r, beta / 4))
+        bound = approx + (t_eta + t_count) / (n - t_count)
         if spec.kernel != "angular":
             bound /= 1.0 - 1.0 / spec.buckets
         return torch.full((m,), bound, dtype=torch.float64)
+
+
+def _gamma(k: int) -> float:
+    """Higham's gamma_k for float32: relative error bound of k chained roundings."""
+    return k * UNIT_ROUNDOFF / (1.0 - k * UNIT_ROUNDOFF)
 
 
 def _failure(confidence: float) -> float:
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
     return 1.0 - confidence
+
+
+def _host(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.to("cpu", torch.float64)
 
 
 def _cat(parts: list[Tensor]) -> Tensor:
