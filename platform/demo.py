@@ -34,6 +34,7 @@ PLANTS = ("p0", "p1", "p2")
 SENSOR_CENTRES = np.array([20.0, 54.0, 1013.0, 63.0])
 SENSOR_HALF_WIDTHS = np.array([20.0, 29.0, 23.0, 38.0])
 RATED_OUTPUT_MW = (420.0, 500.0)
+INPUT_RADIUS = 4.0  # standardised readings within the sensors' ranges lie in [-2, 2]^4
 
 
 def standardise(x: np.ndarray) -> np.ndarray:
@@ -47,7 +48,7 @@ def jobs() -> list[FederatedJobFile]:
         "model": {"components_per_dim": 1, "freq_upper": 0.25, "scale": 0.16, "seed": 1},
         "privacy": {"dataset": "plant", "epsilon": 1.0, "delta": 1e-5},
         "dp": {"y_lo": RATED_OUTPUT_MW[0], "y_hi": RATED_OUTPUT_MW[1],
-               "features_per_component": 8},
+               "features_per_component": 8, "input_radius": INPUT_RADIUS},
     }  # fmt: skip
     sketch = {
         "job": {"kind": "sketch_build", "name": "conditions"},
@@ -95,7 +96,7 @@ def run_federated_demo(root: Path, log: Callable[[str], None]) -> dict[str, Any]
     mse = float(np.mean((model.predict(x_test).mean.numpy() - data.y_test) ** 2))
     central = DPGSMPRegressor(
         target_range=RATED_OUTPUT_MW, components_per_dim=1, freq_upper=0.25, scale=0.16,
-        features_per_component=8, seed=1,
+        features_per_component=8, input_radius=INPUT_RADIUS, seed=1,
     ).fit(x, y, epsilon=math.inf, delta=1e-5)  # fmt: skip
     exact_mse = float(np.mean((central.predict(x_test) - data.y_test) ** 2))
     report = root / "p0-audit.html"

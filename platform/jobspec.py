@@ -131,7 +131,12 @@ class DPSection(_Section):
     # A number is a declared, public noise variance in target units (never estimated from the
     # private targets); "learned" fits it from the released statistics.
     noise: Literal["learned"] | PositiveFloat = "learned"
-    split: Literal["error_minimising", "uniform"] = "error_minimising"
+    split: Literal["predictive", "error_minimising", "uniform"] = "predictive"
+    # Shares of each record's unit feature norm given to a constant component and, when the
+    # public input_radius (a declared bound on |x|) is given, to a linear component.
+    bias_share: float = Field(0.2, ge=0.0, lt=1.0)
+    linear_share: float = Field(0.7, ge=0.0, lt=1.0)
+    input_radius: PositiveFloat | None = None
     eigen_floor: PositiveFloat = 1.0
     noise_floor: PositiveFloat = 1e-4
 

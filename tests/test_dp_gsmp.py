@@ -35,16 +35,77 @@ def gate(tmp_path: Path, key_path: Path) -> Gate:
     )
 
 
-def _features(dims: int = 2, q: int = 3, m: int = 4, seed: int = 0) -> RandomFeatures:
+def _features(
+    dims: int = 2, q: int = 3, m: int = 4, seed: int = 0, **blocks: float
+) -> RandomFeatures:
     grid = GSMPGrid.default(dims, q, scale=0.05)
-    return RandomFeatures.gsmp(grid, m, seed)
+    return RandomFeatures.gsmp(grid, m, seed, **blocks)
 
 
-def test_feature_vectors_have_unit_norm_for_any_input() -> None:
-    features = _features()
-    x = torch.tensor([[0.0, 0.0], [1e6, -3e5], [0.123, 7.0]], dtype=torch.float64)
-    norms = torch.linalg.norm(features(x), dim=1)
-    assert torch.allclose(norms, torch.ones(3, dtype=torch.float64), atol=1e-12)
+# Spectral only; with a constant; with a constant and a linear block (radius 2).
+BLOCKS = [{}, {"bias": 0.3}, {"bias": 0.2, "linear": 0.7, "radius": 2.0}]
+# Adversarial records: the origin, on the ball, huge, at the float64 limit, tiny.
+EXTREME_INPUTS = [
+    [0.0, 0.0],
+    [2.0, 0.0],
+    [1e6, -3e5],
+    [1e300, -1.7e308],
+    [-1.7e308, -1.7e308],
+    [1e-300, 0.0],
+    [0.123, 7.0],
+]
+
+
+@pytest.mark.parametrize("blocks", BLOCKS)
+def test_feature_vectors_have_unit_norm_for_any_input(blocks: dict[str, float]) -> None:
+    x = torch.tensor(EXTREME_INPUTS, dtype=torch.float64)
+    for features in (
+        _features(**blocks),
+        RandomFeatures.rbf(torch.tensor([0.5, 2.0]), 5, seed=1, **blocks),
+    ):
+        phi = features(x)
+        assert phi.shape == (len(x), features.dim) and bool(torch.isfinite(phi).all())
+        norms = torch.linalg.norm(phi, dim=1)
+        assert torch.allclose(norms, torch.ones(len(x), dtype=torch.float64), atol=1e-12)
+
+
+def test_constant_and_linear_blocks_give_the_declared_kernel() -> None:
+    """Inside the ball: alpha_b + alpha_l (x'x' / R^2 + pad pad') + the spectral estimate."""
+    features = _features(bias=0.2, linear=0.5, radius=3.0)
+    spectral = _features()  # the same draws without the extra blocks
+    a = spectral.num_components
+    assert features.num_components == a + 2 and features.dim == spectral.dim + 1 + 3
+    assert features.component_of_feature().tolist()[-4:] == [a, a + 1, a + 1, a + 1]
+    x = torch.from_numpy(np.random.default_rng(5).uniform(-1.5, 1.5, (6, 2)))
+    alpha = torch.from_numpy(np.random.default_rng(6).uniform(0.1, 1.0, a + 2))
+    pad = (1 - x.square().sum(1) / 9).sqrt()
+    expected = (
+        spectral.kernel(x, x, alpha[:a])
+        + alpha[a]
+        + alpha[a + 1] * (x @ x.T / 9 + pad[:, None] * pad[None, :])
+    )
+    assert torch.allclose(features.kernel(x, x, alpha), expected, atol=1e-12)
+    # Feature weights a and kernel weights alpha: alpha_i = a_i s_r / A, a s_b, a s_l.
+    shares = features.kernel_weights(torch.ones(a + 2, dtype=torch.float64))
+    assert torch.allclose(shares[:a], torch.full((a,), 0.3 / a, dtype=torch.float64))
+    assert shares[a:].tolist() == pytest.approx([0.2, 0.5])
+    # Outside the ball the linear block saturates: only the direction is left.
+    far = features(torch.tensor([[30.0, 40.0], [300.0, 400.0]], dtype=torch.float64))
+    assert torch.allclose(far[0, -3:], far[1, -3:]) and far[0, -1] == 0
+
+
+@pytest.mark.parametrize(
+    ("blocks", "message"),
+    [
+        ({"bias": -0.1}, "shares"),
+        ({"bias": 0.5, "linear": 0.5}, "shares"),
+        ({"linear": 0.5, "radius": 0.0}, "radius"),
+        ({"linear": 0.5, "radius": math.inf}, "radius"),
+    ],
+)
+def test_bad_feature_blocks_are_refused(blocks: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        _features(**blocks)
 
 
 def test_random_feature_kernel_converges_to_exact_gsmp_within_hoeffding_bound() -> None:
@@ -66,8 +127,9 @@ def test_random_feature_kernel_converges_to_exact_gsmp_within_hoeffding_bound() 
     assert errors[2] < 0.05  # measured: about 0.02 at m = 4096
 
 
-def test_shard_statistics_sum_to_pooled_statistics() -> None:
-    features, target = _features(), TargetRange(-2.0, 2.0)
+@pytest.mark.parametrize("blocks", BLOCKS)
+def test_shard_statistics_sum_to_pooled_statistics(blocks: dict[str, float]) -> None:
+    features, target = _features(**blocks), TargetRange(-2.0, 2.0)
     rng = np.random.default_rng(1)
     x = torch.from_numpy(rng.normal(size=(90, 2)))
     y = torch.from_numpy(3 * rng.normal(size=90))  # some values outside the range: clipped
@@ -82,18 +144,26 @@ def test_shard_statistics_sum_to_pooled_statistics() -> None:
     assert total.yy == pytest.approx(pooled.yy) and total.count == 90
 
 
-@pytest.mark.parametrize("split", ["error_minimising", "uniform"])
-def test_one_record_moves_the_released_vector_by_at_most_one(split: str) -> None:
-    features, target = _features(), TargetRange(0.0, 1.0)
+@pytest.mark.parametrize("blocks", BLOCKS)
+@pytest.mark.parametrize("split", ["predictive", "error_minimising", "uniform"])
+def test_one_record_moves_the_released_vector_by_at_most_one(
+    split: str, blocks: dict[str, float]
+) -> None:
+    features, target = _features(**blocks), TargetRange(0.0, 1.0)
     dim = features.dim
-    weights = getattr(StatisticsSplit, split)(dim)
+    weights = (
+        StatisticsSplit.predictive()
+        if split == "predictive"
+        else getattr(StatisticsSplit, split)(dim)
+    )
     rng = np.random.default_rng(2)
     x = torch.from_numpy(rng.normal(size=(30, 2)))
     y = torch.from_numpy(rng.uniform(0, 1, 30))
     base = pack(SufficientStatistics.compute(features(x), target.encode(y)), weights)
     # Worst cases: targets at or beyond the range's ends, extreme and ordinary inputs.
     moves = []
-    for xr, yr in [([0.0, 0.0], 5.0), ([1e4, -1e4], -3.0), ([0.3, 0.2], 1.0), ([2.0, 1.0], 0.5)]:
+    worst = [([0.0, 0.0], 5.0), ([1e300, -1.7e308], -3.0), ([0.3, 0.2], 1.0), ([2.0, 1.0], 0.5)]
+    for xr, yr in worst:
         xa = torch.cat([x, torch.tensor([xr], dtype=torch.float64)])
         ya = torch.cat([y, torch.tensor([yr], dtype=torch.float64)])
         added = pack(SufficientStatistics.compute(features(xa), target.encode(ya)), weights)
@@ -231,6 +301,28 @@ def test_private_fit_beats_the_mean_and_matches_the_noiseless_fit_at_large_epsil
     assert np.all(std > 0) and mean.shape == (50,)
 
 
+def test_constant_and_linear_components_fit_an_offset_trend() -> None:
+    """An affine target off the declared range's centre, 16 spectral features, no noise.
+
+    Measured: test MSE 0.0125 with the spectral block alone (weights on one long component),
+    0.00019 with the linear block, whose weight then takes all the mass.
+    """
+    rng = np.random.default_rng(7)
+    x, xt = rng.uniform(-2, 2, (300, 2)), rng.uniform(-2, 2, (100, 2))
+    y = 5 + 2 * x[:, 0] - x[:, 1] + 0.1 * rng.standard_normal(300)
+    yt = 5 + 2 * xt[:, 0] - xt[:, 1]
+    params = dict(
+        target_range=(-10.0, 20.0), components_per_dim=2, features_per_component=2, scale=0.05
+    )
+    mse = {}
+    for name, blocks in [("spectral", {"bias_share": 0.0}), ("linear", {"input_radius": 3.0})]:
+        model = DPGSMPRegressor(**params, **blocks).fit(x, y, epsilon=math.inf, delta=1e-5)
+        mse[name] = float(np.mean((model.predict(xt) - yt) ** 2))
+    assert len(model.weights_) == model.features_.num_components == 4 + 2
+    assert model.weights_[-1] > 10 * model.weights_[:-1].max()  # the linear component
+    assert mse["linear"] < 0.1 * mse["spectral"] and mse["linear"] < 1e-3
+
+
 @pytest.fixture
 def one_thread() -> Iterator[None]:
     """Run torch on one thread: on a loaded 2-core machine its thread pool is 20x slower."""
@@ -295,6 +387,14 @@ def test_bad_inputs_are_refused(gate: Gate) -> None:
             DPGSMPRegressor(target_range=(-1, 1), noise=noise).fit(  # type: ignore[arg-type]
                 x, y, epsilon=math.inf, delta=0.1
             )
+    with pytest.raises(ValueError, match="split must be"):
+        DPGSMPRegressor(target_range=(-1, 1), split="equal").fit(  # type: ignore[arg-type]
+            x, y, epsilon=math.inf, delta=0.1
+        )
+    with pytest.raises(ValueError, match="shares"):
+        DPGSMPRegressor(target_range=(-1, 1), input_radius=1.0, bias_share=0.5).fit(
+            x, y, epsilon=math.inf, delta=0.1
+        )
     with pytest.raises(ValueError, match="kernel must be"):
         DPGSMPRegressor(target_range=(-1, 1), kernel="matern").fit(  # type: ignore[arg-type]
             x, y, epsilon=math.inf, delta=0.1

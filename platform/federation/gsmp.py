@@ -46,6 +46,9 @@ def recipe_to_pb(spec: JobSpec, input_dim: int) -> pb.GSMPRecipe:
         y_lo=model.target_range[0],
         y_hi=model.target_range[1],
         split=model.split,
+        bias_share=model.bias_share,
+        linear_share=model.linear_share,
+        input_radius=model.input_radius or 0.0,
     )
 
 
@@ -63,6 +66,9 @@ def _regressor(recipe: pb.GSMPRecipe, **options: Any) -> DPGSMPRegressor:
         sampling=recipe.sampling,  # type: ignore[arg-type]
         lengthscale=recipe.lengthscale,
         split=recipe.split,  # type: ignore[arg-type]
+        bias_share=recipe.bias_share,
+        linear_share=recipe.linear_share,
+        input_radius=recipe.input_radius or None,
         seed=recipe.seed,
         **options,
     )
@@ -70,16 +76,14 @@ def _regressor(recipe: pb.GSMPRecipe, **options: Any) -> DPGSMPRegressor:
 
 def recipe_from_pb(recipe: pb.GSMPRecipe) -> StatisticsRecipe:
     """Features and target range; ``ValueError`` for a description no model accepts."""
-    if recipe.split not in ("error_minimising", "uniform"):
-        raise ValueError(f"unknown budget split {recipe.split!r}")
     model = _regressor(recipe)
-    return StatisticsRecipe(model._features(recipe.input_dim), TargetRange(*model.target_range))
+    return StatisticsRecipe(model.features_for(recipe.input_dim), TargetRange(*model.target_range))
 
 
-def split_of(name: str, dim: int) -> StatisticsSplit:
-    if name == "uniform":
-        return StatisticsSplit.uniform(dim)
-    return StatisticsSplit.error_minimising(dim)
+def statistics_split(recipe: pb.GSMPRecipe) -> StatisticsSplit:
+    """How the recipe's release shares its budget between the statistics."""
+    model = _regressor(recipe)
+    return model.split_for(model.features_for(recipe.input_dim).dim)
 
 
 class FederatedGSMP:
@@ -103,10 +107,10 @@ class FederatedGSMP:
         self.recipe, self.statistics, self.noise_sd = recipe, statistics, noise_sd
         self.options = {"noise": noise, "noise_floor": noise_floor, "eigen_floor": eigen_floor}
         model = _regressor(recipe, noise=noise, noise_floor=noise_floor)
-        self._features = model._features(recipe.input_dim)
+        self._features = model.features_for(recipe.input_dim)
         self._target = TargetRange(*model.target_range)
-        split = split_of(recipe.split, self._features.dim)
-        floor, learn_noise = model._noise(self._target)
+        split = model.split_for(self._features.dim)
+        floor, learn_noise = model.noise_setting(self._target)
         eigen = eigen_floor * noise_sd / split.gram * math.sqrt(self._features.dim)
         plan = LearningPlan(
             dim=self._features.dim,
@@ -136,8 +140,8 @@ class FederatedGSMP:
 
     @property
     def weights(self) -> np.ndarray:
-        """Kernel weights alpha_i = a_i / A of the components."""
-        return (self._learned.weights / self._features.num_components).numpy()
+        """Kernel weights: the spectral components', then the constant's and linear's."""
+        return self._features.kernel_weights(self._learned.weights).numpy()
 
     @property
     def noise_variance(self) -> float:

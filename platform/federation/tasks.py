@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from google.protobuf.message import DecodeError
 
-from gramfed.platform.federation.gsmp import recipe_from_pb, split_of
+from gramfed.platform.federation.gsmp import recipe_from_pb, statistics_split
 from gramfed.platform.federation.secagg import DistributedDiscreteGaussian, ring_bits
 from gramfed.platform.sketch_files import spec_from_proto
 from gramfed.platform.sketchspec import class_names
@@ -166,5 +166,5 @@ def _real_vector(job: pb.JobDescription, x: np.ndarray, y: np.ndarray | None) ->
                 f"the model takes {recipe.features.input_dim} columns, the data have {x.shape}"
             )
         stats: SufficientStatistics = recipe.statistics(torch.from_numpy(x), torch.from_numpy(y))
-        return pack(stats, split_of(job.gsmp.split, recipe.features.dim))
+        return pack(stats, statistics_split(job.gsmp))
     raise TaskError(f"unknown job kind {job.kind!r}")

@@ -47,6 +47,9 @@ def regressor_for(spec: JobSpec) -> DPGSMPRegressor:
         error_feedback=spec.admm.error_feedback,
         admm_max_iter=spec.admm.max_iter,
         split=spec.dp.split,
+        bias_share=spec.dp.bias_share,
+        linear_share=spec.dp.linear_share,
+        input_radius=spec.dp.input_radius,
         eigen_floor=spec.dp.eigen_floor,
         noise_floor=spec.dp.noise_floor,
         noise=spec.dp.noise,
@@ -91,7 +94,7 @@ def _write_results(
 
     def model_record(fitted: Any) -> dict[str, Any]:
         return {
-            "weights": (fitted.weights / components).tolist(),
+            "weights": model.features_.kernel_weights(fitted.weights).tolist(),
             "noise_variance": fitted.noise_variance * half**2,
             "features_per_component": model.features_.per_component,
             "feature_seed": spec.model.seed,

@@ -1,9 +1,10 @@
 """Marginal likelihood, weight learning and posterior in feature space, from statistics only.
 
-With features ``Phi`` (n, D), feature weights ``w = a[component]`` (``a`` the A component
-weights) and noise ``s2``, the covariance is ``C = Phi W Phi' + s2 I``. Write the (repaired,
-positive definite) ``S = Phi'Phi = R R'`` (``R = V diag(sqrt(lambda))`` from its eigenpairs)
-and ``K = s2 I + R'WR`` (D, D). The determinant lemma and the push-through identity give
+With features ``Phi`` (n, D), feature weights ``w = a[component]`` (``a`` the C component
+weights: spectral, then the constant and linear ones when present, ``features``) and noise
+``s2``, the covariance is ``C = Phi W Phi' + s2 I``. Write the (repaired, positive definite)
+``S = Phi'Phi = R R'`` (``R = V diag(sqrt(lambda))`` from its eigenpairs) and
+``K = s2 I + R'WR`` (D, D). The determinant lemma and the push-through identity give
 
     log det C = (n - D) log s2 + log det K,
     t'C^-1 t  = (c - (b'Wb - u'K^-1 u) / s2) / s2,     u = R'Wb,
@@ -16,7 +17,7 @@ weights), and automatic differentiation gives its exact gradient.
 ``FeatureProblem`` is a sibling of ``gramfed.workers.sca.LocalProblem`` with the interface
 ``ADMMAgent`` uses (``size``, ``gram.device``, ``solve(start, penalty) -> SCAResult``), so
 consensus ADMM with quantized messages runs over released statistics unchanged. Its variables
-are the A feature-space weights and, last, the noise variance above a public floor (held at
+are the C feature-space weights and, last, the noise variance above a public floor (held at
 the floor when the noise is fixed: ``learn_noise=False``). The local
 step minimises ``F + lam'a + rho/2 |a - theta|^2`` by L-BFGS-B (bounds ``a >= 0``): a descent
 method, so the local objective decreases monotonically, like DSCA's.
@@ -79,7 +80,7 @@ def objective(factor: Factor, feature_weights: Tensor, noise: Tensor) -> Tensor:
 
 
 class FeatureProblem:
-    """One agent's objective over ``[a_1, ..., a_A, s2 - floor]`` from its released statistics.
+    """One agent's objective over ``[a_1, ..., a_C, s2 - floor]`` from its released statistics.
 
     ``gram`` is the statistics object: the name ``ADMMAgent`` reads the device from, as it
     does from a ``LocalProblem``'s Gram stack. ``learn_noise=False`` fixes the noise variance
