@@ -78,13 +78,16 @@ class ARDStationaryKernel(Kernel):
         ls = self.lengthscales.to(x1)
         if self.exact_distances:
             return differences(x1 / ls, x2 / ls).square().sum(-1)
-        # |a|^2 + |b|^2 - 2 a.b as one matrix product, as GPyTorch does: the (n1, n2, P)
-        # tensor of differences would cost P times the tile in memory and time. Centring on
-        # x1's mean first keeps the cancellation in the subtraction small.
+        # |a|^2 + |b|^2 - 2 a.b as one matrix product of inputs augmented by their squared
+        # norms and ones: the (n1, n2, P) tensor of differences would cost P times the tile, and
+        # adding the norms afterwards two more passes over it. Centring on x1's mean first keeps
+        # the cancellation in the subtraction small.
         shift = x1.mean(0)
         a, b = (x1 - shift) / ls, (x2 - shift) / ls
-        r2 = a.square().sum(-1, keepdim=True) + b.square().sum(-1) - 2.0 * (a @ b.T)
-        return r2.clamp_min_(0.0)
+        a2, b2 = a.square().sum(-1, keepdim=True), b.square().sum(-1, keepdim=True)
+        left = torch.cat([a, a2, torch.ones_like(a2)], 1)
+        right = torch.cat([-2.0 * b, torch.ones_like(b2), b2], 1)
+        return (left @ right.T).clamp_min_(0.0)
 
     @abstractmethod
     def profile(self, r2: Tensor) -> Tensor:
