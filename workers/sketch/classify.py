@@ -178,16 +178,9 @@ class SketchClassifier:
                 (cosines @ self.values).to(torch.float64).cpu()
                 for _, cosines in rff_cosines(self.feature, y, rows)
             ]
+            raw = torch.cat(out) if out else torch.zeros(0, len(self.labels), dtype=torch.float64)
         else:
-            rows = chunk_rows(self.spec)
-            out = [
-                self.values[self.feature(y[s : s + rows].to(self.device))]
-                .mean(1)
-                .to(torch.float64)
-                .cpu()
-                for s in range(0, y.shape[0], rows)
-            ]
-        raw = torch.cat(out) if out else torch.zeros(0, len(self.labels), dtype=torch.float64)
+            raw = self.feature.mean_lookup(self.values, y, chunk_rows(self.spec))
         if not self.spec.is_rff and self.spec.kernel != "angular":
             # Remove the hash collisions' share 1/W of each class's counts (see ``lsh``).
             w = self.spec.buckets

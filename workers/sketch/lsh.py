@@ -71,6 +71,15 @@ class LSHBuckets:
         self.bits = int(math.log2(spec.buckets))
         self.base = torch.arange(r, device=device, dtype=torch.int64) * spec.buckets
 
+    def mean_lookup(self, table: Tensor, y: Tensor, rows: int) -> Tensor:
+        """``(1/R) sum_r table[g_r(y)]`` for every query (rows of ``table`` are buckets), in
+        blocks of ``rows`` queries; float64 on the CPU."""
+        out = [
+            table[self(y[s : s + rows])].mean(1).to("cpu", torch.float64)
+            for s in range(0, y.shape[0], rows)
+        ]
+        return torch.cat(out) if out else torch.zeros(0, *table.shape[1:], dtype=torch.float64)
+
     def __call__(self, x: Tensor) -> Tensor:
         """Flat bucket positions (n, R) of inputs (n, d)."""
         spec = self.spec

@@ -147,15 +147,7 @@ class SketchQuery:
 
     def _lsh_scores(self, y: Tensor) -> Tensor:
         """``(1/R) sum_r C~[r, g_r(y)]`` of every validated query, float64 on the CPU."""
-        rows = chunk_rows(self.spec)
-        out = [
-            self.values[self.feature(y[s : s + rows].to(self.device))]
-            .mean(1)
-            .to(torch.float64)
-            .cpu()
-            for s in range(0, y.shape[0], rows)
-        ]
-        return _cat(out)
+        return self.feature.mean_lookup(self.values, y, chunk_rows(self.spec))
 
     def _normalise(self, raw: Tensor) -> Tensor:
         estimate = raw / self.sketch.count
@@ -224,10 +216,6 @@ def _failure(confidence: float) -> float:
 
 def _host(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.to("cpu", torch.float64)
-
-
-def _cat(parts: list[Tensor]) -> Tensor:
-    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
 
 
 def estimate_density(
