@@ -65,6 +65,10 @@ class _WordSource:
         self._words = np.frombuffer(self._block(), dtype="<u8").tolist()
         return self._words
 
+    def fresh_block(self) -> bytes:
+        """Random bytes never handed out before (for batched samplers; whole words)."""
+        return self._block()
+
     def randbits(self, k: int) -> int:
         """k uniformly random bits as a non-negative integer (exact: whole words, then masked)."""
         words = self._words

@@ -190,14 +190,14 @@ class _WordStream:
     """Independent uniform 64-bit words for one batched call, served from fetched blocks.
 
     The word sources of ``gramfed.privacy.rng`` hand out whole blocks of fresh random bytes
-    (``_block``: 16 KiB of ``os.urandom``, or of the seeded test stream), about 35 ns a word
+    (``fresh_block``: 16 KiB of ``os.urandom``, or of the seeded test stream), about 35 ns a word
     against 380 ns for words assembled by ``randbits`` (2-core EPYC); any other ``RandomBits``
     goes through ``randbits``. Words are used once; what is left when the call ends is dropped.
     """
 
     def __init__(self, source: RandomBits) -> None:
         self.source = source
-        self._block = getattr(source, "_block", None)
+        self._block = getattr(source, "fresh_block", None)
         self._buffer = np.zeros(0, np.uint64)
 
     def take(self, count: int, bits: int = 64) -> np.ndarray:

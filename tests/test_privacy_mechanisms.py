@@ -128,7 +128,7 @@ def test_batched_bernoulli_of_a_ratio_settles_ties_exactly() -> None:
         def __init__(self) -> None:
             self.inner = SeededBits(33)  # the tie's own draw
 
-        def _block(self) -> bytes:
+        def fresh_block(self) -> bytes:
             return np.full(64, threshold, dtype="<u8").tobytes()
 
         def randbelow(self, k: int) -> int:
