@@ -108,8 +108,13 @@ def test_class_sketches_classify(folder: Path, key_path: Path, rng: np.random.Ge
     code, out = invoke(*classify, "--label", "y", "--prior", *public, "--json")
     assert code == 0, out
     assert json.loads(out)["accuracy"] > 0.9
+    code, out = invoke(*classify, "--label", "y", *public, "--rank", "20", "--json")
+    assert code == 0, out
+    assert json.loads(out)["accuracy"] > 0.9
     code, out = invoke(*classify, "--public", str(folder / "public3.npy"))
     one_line_error(code, out, "inputs of shape (n, 2), got (200, 3)")
+    code, out = invoke(*classify, "--rank", "5")
+    one_line_error(code, out, "rank must be a positive integer with public rows")
 
 
 def one_line_error(code: int, out: str, fragment: str) -> None:

@@ -124,6 +124,10 @@ def classify(
             " projected on the span of their features, which removes noise (post-processing)."
         ),
     ] = None,
+    rank: Annotated[
+        int | None,
+        typer.Option(help="With --public: keep only this many leading directions of their span."),
+    ] = None,
     device: Device = "auto",
     as_json: AsJson = False,
 ) -> None:
@@ -135,7 +139,7 @@ def classify(
         data = load_points(points, label=label, y_key=label or "y")
         rows = None if public is None else load_points(public).x
         model = SketchClassifier(
-            {s.label: s for s in sketches}, prior=prior, public=rows, device=device
+            {s.label: s for s in sketches}, prior=prior, public=rows, rank=rank, device=device
         )
         predicted = model.predict(data.x)
     summary: dict[str, Any] = {"points": len(predicted), "classes": model.labels}
