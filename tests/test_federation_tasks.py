@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from gramfed.platform.cli.main import app
 from gramfed.platform.federation import tasks
 from gramfed.platform.federation.jobs import FederatedJob
 from gramfed.platform.federation.local import toml_text
@@ -70,3 +72,24 @@ def test_a_participant_over_the_record_bound_computes_nothing(tmp_path: Path) ->
         tasks.local_vector(job, np.zeros((11, 2)), np.zeros(11))
     with pytest.raises(tasks.TaskError, match="needs labels"):
         tasks.local_vector(job, np.zeros((5, 2)), None)
+
+
+def test_bad_federated_jobs_are_one_line_errors(tmp_path: Path) -> None:
+    fit = {"job": {"kind": "gsmp_fit", "name": "fit"}, "data": {"dataset": "slimkl:ale80"}}
+    laplace = {**CLASSES, "sketch": {**CLASSES["sketch"], "noise": "laplace"}}
+    (tmp_path / "fit.toml").write_text(toml_text(fit))
+    (tmp_path / "laplace.toml").write_text(toml_text(laplace))
+    cases = {
+        "missing.toml": "missing.toml: no such job file",
+        "fit.toml": "federated jobs are sketch_build or dp_gsmp, not 'gsmp_fit'",
+        "laplace.toml": "laplace noise cannot be shared out",
+    }
+    for spec, message in cases.items():
+        config = tmp_path / "coordinator.toml"
+        config.write_text(
+            toml_text({}, {"listen": "127.0.0.1:0", "plaintext": True, "state_dir": "state"})
+            + f'\n[[jobs]]\nspec = "{spec}"\ninput_dim = 2\nthreshold = 2\nmax_records = 10\n'
+        )
+        result = CliRunner().invoke(app, ["coordinator", "serve", "--config", str(config)])
+        assert result.exit_code == 2, result.output
+        assert message in " ".join(result.output.split()) and "Traceback" not in result.output
