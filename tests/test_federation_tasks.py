@@ -13,7 +13,10 @@ from gramfed.platform.cli.main import app
 from gramfed.platform.federation import tasks
 from gramfed.platform.federation.jobs import FederatedJob
 from gramfed.platform.federation.local import toml_text
-from gramfed.privacy import fixedpoint
+from gramfed.platform.federation.participant import Participant, Policy
+from gramfed.platform.sketchspec import Points
+from gramfed.privacy import fixedpoint, keys
+from gramfed.protos import federation_pb2 as pb
 from gramfed.workers.sketch.classify import accumulate_by_label
 
 CLASSES = {
@@ -93,3 +96,33 @@ def test_bad_federated_jobs_are_one_line_errors(tmp_path: Path) -> None:
         result = CliRunner().invoke(app, ["coordinator", "serve", "--config", str(config)])
         assert result.exit_code == 2, result.output
         assert message in " ".join(result.output.split()) and "Traceback" not in result.output
+
+
+def test_a_participant_refuses_jobs_its_data_cannot_answer(tmp_path: Path) -> None:
+    gsmp = {
+        "job": {"kind": "dp_gsmp", "name": "gsmp"},
+        "data": {"train": "unused.npz"},
+        "privacy": {"dataset": "clinic", "epsilon": 1.0, "delta": 1e-5},
+        "dp": {"y_lo": -1.0, "y_hi": 1.0},
+    }
+    offer = pb.Task(stage=pb.Task.OFFER, job_id="gsmp", round=1)
+    offer.job.CopyFrom(entry(tmp_path, gsmp).load().description)
+    keys.generate(tmp_path / "ledger.key")
+    policy = Policy(
+        dataset="clinic", ledger=tmp_path / "ledger.db", key=tmp_path / "ledger.key",
+        budget_epsilon=4.0,
+    )  # fmt: skip
+
+    def member(points: Points) -> Participant:
+        return Participant("127.0.0.1:1", policy, points, None, plaintext=True, log=print)
+
+    unlabelled = member(Points(np.zeros((20, 2)), None)).decide(offer)
+    assert not unlabelled.accepted and "--target" in unlabelled.reason
+    too_many = member(Points(np.zeros((600, 2)), np.zeros(600))).decide(offer)
+    assert not too_many.accepted and "exceed the job's public bound of 500" in too_many.reason
+    forged = pb.Task()
+    forged.CopyFrom(offer)
+    forged.job.value_bound += 1  # a bound that does not follow from the job's parameters
+    answer = member(Points(np.zeros((20, 2)), np.zeros(20))).decide(forged)
+    assert not answer.accepted and "value bound" in answer.reason
+    assert member(Points(np.zeros((20, 2)), np.zeros(20))).decide(offer).accepted
