@@ -101,7 +101,7 @@ class LoadedJob:
             rho = rho_for_epsilon(spec.privacy.epsilon, spec.privacy.delta)
             job.dataset = spec.pool_dataset()
             job.gsmp.CopyFrom(recipe_to_pb(spec, entry.input_dim))
-        job.rho = str(Fraction(rho).limit_denominator(2**40))
+        job.rho = str(Fraction(rho))  # exact: never more than the spec asks
         job.value_bound = tasks.value_bound(job)
         return job
 
