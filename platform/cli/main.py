@@ -118,18 +118,6 @@ def bench_slimkl_command(
                 )
     if not as_json:
         stderr.print(_bench_table(rows))
-    stderr.print(
-        "\n[bold]gramfed demo[/]: a coordinator and three participants on loopback over mutual TLS"
-    )
-    with user_errors():
-        summary = run_federated_demo(
-            Path("runs") / "demo-federation", lambda line: stderr.print(f"  {line}")
-        )
-    stderr.print(_federation_table(summary))
-    report = Path(summary["audit_report"]).resolve()
-    stderr.print(f"audit report of participant p0's ledger: {report.as_uri()}")
-    if os.environ.get("DISPLAY") or os.environ.get("BROWSER") or sys.platform == "darwin":
-        webbrowser.open(report.as_uri())
 
 
 def _federation_table(summary: dict) -> Table:
@@ -163,6 +151,18 @@ def demo() -> None:
             with admm_progress(f"{name} {'exact' if bits is None else f'{bits}-bit'}", 100) as hook:
                 rows.append(bench_slimkl(name, agents=2, bits=bits, on_round=hook))
     stderr.print(_bench_table(rows))
+    stderr.print(
+        "\n[bold]gramfed demo[/]: a coordinator and three participants on loopback over mutual TLS"
+    )
+    with user_errors():
+        summary = run_federated_demo(
+            Path("runs") / "demo-federation", lambda line: stderr.print(f"  {line}")
+        )
+    stderr.print(_federation_table(summary))
+    report = Path(summary["audit_report"]).resolve()
+    stderr.print(f"audit report of participant p0's ledger: {report.as_uri()}")
+    if os.environ.get("DISPLAY") or os.environ.get("BROWSER") or sys.platform == "darwin":
+        webbrowser.open(report.as_uri())
 
 
 def _bench_table(rows: list[dict]) -> Table:
