@@ -74,9 +74,12 @@ def test_worker_memory_follows_the_tile_size(local_ray: None, data: tuple) -> No
         options = PooledOptions(tile_rows=rows, tile_cols=cols, precond_rank=300, cg_tol=1e-4)
         run = run_pooled(KERNEL, x, y, NOISE, options=options, workers=2)
         working[rows] = max(w.working_bytes for w in run.workers)
-    # A 512 x 2000 tile holds 500 times the entries of a 32 x 64 one; the measured working
-    # memory must show it (n and the product vectors are the same in both runs).
-    assert working[512] > 4 * working[32]
+    # A 512 x 2000 tile holds 500 times the entries of a 32 x 64 one (8 MB against 16 KB of
+    # float64); the measured working memory must show the difference (n and the product vectors
+    # are the same in both runs), and stay within a few tiles of it. The lower bound is half a
+    # tile: the allocator may reuse pages that were already resident before the products.
+    tile = 512 * 2000 * 8
+    assert 0.5 * tile < working[512] - working[32] < 8 * tile
 
 
 def test_operator_refuses_bad_worker_counts(data: tuple) -> None:
