@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from gramfed.platform.cli.main import app
-from gramfed.platform.federation.gsmp import FederatedGSMP, recipe_from_pb, statistics_split
+from gramfed.platform.federation.gsmp import FederatedGSMP, statistics_plan
 from gramfed.platform.federation.local import FederatedJobFile, LocalFederation
 from gramfed.platform.federation.participant import KILL_AT_ENV
 from gramfed.platform.sketch_files import load_sketches
@@ -90,9 +90,9 @@ def test_five_participants_one_killed_mid_round(tmp_path: Path) -> None:
     assert fit["status"] == "done", fit
     assert fit["survivors"] == survivors and fit["dropped"] == [victim]
     model = FederatedGSMP.load(fed.state / "gsmp.json")
-    recipe = recipe_from_pb(model.recipe)
+    recipe, split = statistics_plan(model.recipe)
     statistics = recipe.statistics(torch.from_numpy(x), torch.from_numpy(y))
-    pooled = pack(statistics, statistics_split(model.recipe))
+    pooled = pack(statistics, split)
     assert np.max(np.abs(model.statistics - pooled)) < 6 * model.noise_sd
     assert np.std(model.statistics - pooled) > 0.5 * model.noise_sd  # the noise is really there
     in_process = FederatedGSMP(model.recipe, pooled, model.noise_sd)

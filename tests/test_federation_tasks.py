@@ -44,10 +44,10 @@ def test_class_sketch_vectors_sum_to_the_pooled_class_sums(tmp_path: Path) -> No
     decoded = tasks.decode(job, total)
     x = np.concatenate([p[0] for p in parts])
     y = np.concatenate([p[1] for p in parts]).astype(int).astype(str)
-    spec = tasks.sketch_spec(job)
+    spec = tasks.rules(job).sketch
     sums = accumulate_by_label(spec, x, y, ["0", "1", "2"], device="cpu")
     exact = np.concatenate([np.append(sums[c].values, sums[c].count) for c in "012"])
-    grid = 2.0 ** tasks.exponent(job)
+    grid = 2.0 ** tasks.rules(job).exponent
     assert decoded.shape == exact.shape == (3 * 65,)
     assert np.max(np.abs(decoded - exact)) <= 2 * 0.5 * grid  # two roundings to the grid
     assert decoded[64] == exact[64] == sum(y == "0")
@@ -55,18 +55,17 @@ def test_class_sketch_vectors_sum_to_the_pooled_class_sums(tmp_path: Path) -> No
 
 def test_sensitivities_include_the_rounding(tmp_path: Path) -> None:
     rff = entry(tmp_path, CLASSES).load().description
-    m = tasks.dim(rff)
-    e = tasks.exponent(rff)
+    m, e = tasks.rules(rff).dim, tasks.rules(rff).exponent
     bound = fixedpoint.l2_units(math.sqrt(3), e, m)
-    assert tasks.mechanism(rff).sensitivity == pytest.approx(float(bound))
+    assert tasks.rules(rff).mechanism.sensitivity == pytest.approx(float(bound))
     # the grid keeps the rounding term within 1/64 to 1/32 of the scaled sensitivity
     assert fixedpoint.ceil_sqrt(m) <= 2 * (math.sqrt(3) / 2.0**e) / tasks.ROUNDING_SHARE
     lsh = {**CLASSES, "sketch": {"kernel": "l2", "bandwidth": 1.0, "repetitions": 8,
                                  "hashes": 2, "buckets": 16}}  # fmt: skip
     lsh["data"] = {"path": "unused.npz"}
     counts = entry(tmp_path, lsh).load().description
-    assert tasks.exponent(counts) == 0
-    assert tasks.mechanism(counts).sensitivity == pytest.approx(3.0)  # sqrt(R + 1), R = 8
+    assert tasks.rules(counts).exponent == 0
+    assert tasks.rules(counts).mechanism.sensitivity == pytest.approx(3.0)  # sqrt(R + 1), R = 8
 
 
 def test_a_participant_over_the_record_bound_computes_nothing(tmp_path: Path) -> None:

@@ -290,7 +290,7 @@ class Coordinator:
             number,
             tuple(accepted),
             threshold,
-            tasks.dim(description),
+            tasks.rules(description).dim,
             tasks.bits(description, len(accepted)),
         )
         for stage in (Stage.ADVERTISE, Stage.SHARE):
@@ -316,7 +316,7 @@ class Coordinator:
             finished = job.finish(total, list(survivors), state.inputs, self.config.state_dir)
         except ValueError as exc:
             return _outcome(job, number, "failed", f"the sum could not be used: {exc}")
-        mechanism = tasks.mechanism(description)
+        mechanism = tasks.rules(description).mechanism
         result = _outcome(job, number, "done", "", refusals)
         result.update(
             survivors=list(survivors),

@@ -74,16 +74,13 @@ def _regressor(recipe: pb.GSMPRecipe, **options: Any) -> DPGSMPRegressor:
     )
 
 
-def recipe_from_pb(recipe: pb.GSMPRecipe) -> StatisticsRecipe:
-    """Features and target range; ``ValueError`` for a description no model accepts."""
+def statistics_plan(recipe: pb.GSMPRecipe) -> tuple[StatisticsRecipe, StatisticsSplit]:
+    """Features, target range and budget split of a recipe's release; ``ValueError`` for a
+    description no model accepts."""
     model = _regressor(recipe)
-    return StatisticsRecipe(model.features_for(recipe.input_dim), TargetRange(*model.target_range))
-
-
-def statistics_split(recipe: pb.GSMPRecipe) -> StatisticsSplit:
-    """How the recipe's release shares its budget between the statistics."""
-    model = _regressor(recipe)
-    return model.split_for(model.features_for(recipe.input_dim).dim)
+    features = model.features_for(recipe.input_dim)
+    target = TargetRange(*model.target_range)
+    return StatisticsRecipe(features, target), model.split_for(features.dim)
 
 
 class FederatedGSMP:

@@ -114,8 +114,8 @@ class LoadedJob:
     ) -> dict[str, Any]:
         """Turn the unmasked sum into the job's result; returns what goes in the result file."""
         job = self.description
-        mechanism = tasks.mechanism(job)
-        noise_sd = math.sqrt(len(survivors) * mechanism.sigma2_each) * 2.0 ** tasks.exponent(job)
+        rules = tasks.rules(job)
+        noise_sd = math.sqrt(len(survivors) * rules.mechanism.sigma2_each) * 2.0**rules.exponent
         values = tasks.decode(job, total)
         result: dict[str, Any] = {"noise_sd": noise_sd}
         if isinstance(self.spec, SketchJob):
@@ -135,8 +135,9 @@ class LoadedJob:
         entries: dict[str, pb.MaskedVector],
     ) -> list[Sketch]:
         job = self.description
-        spec = tasks.sketch_spec(job)
-        mechanism = tasks.mechanism(job)
+        rules = tasks.rules(job)
+        spec, mechanism = rules.sketch, rules.mechanism
+        assert spec is not None
         provenance = tuple(
             Provenance(
                 ledger_uuid=entries[p].ledger_uuid,

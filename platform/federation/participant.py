@@ -169,7 +169,7 @@ class Participant:
             return pb.Result(acceptance=self.decide(task))
         if task.stage == Stage.ADVERTISE:
             spec = wire.round_spec(task)
-            if spec.threshold < task.job.threshold or spec.dim != tasks.dim(task.job):
+            if spec.threshold < task.job.threshold or spec.dim != tasks.rules(task.job).dim:
                 raise SecAggError("the round does not match the job that was offered")
             self._clients = {key: Client(self.name, spec)}
             return pb.Result(advert=wire.advert_to_pb(self._clients[key].advert()))
@@ -231,7 +231,7 @@ class Participant:
             if self.recipient not in self.pool.trusted_recipients:
                 return _refuse("exact (non-DP) releases to this coordinator are not trusted")
             return pb.Acceptance(accepted=True)
-        mechanism = tasks.mechanism(job)
+        mechanism = tasks.rules(job).mechanism
         price = self.gate.price(mechanism, self.pool).rho
         if price > Fraction(job.rho) or price > self.gate.remaining(self.pool):
             try:  # let the gate record the refusal in the ledger; nothing is computed
@@ -249,7 +249,7 @@ class Participant:
         if job.dp:
             release = self.gate.release(
                 self.pool,
-                tasks.mechanism(job),
+                tasks.rules(job).mechanism,
                 values,
                 requester=self.recipient,
                 description=description,

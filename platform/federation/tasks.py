@@ -25,14 +25,17 @@ exact integer draw.
 
 from __future__ import annotations
 
+import functools
 import math
+from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 import torch
 from google.protobuf.message import DecodeError
 
-from gramfed.platform.federation.gsmp import recipe_from_pb, statistics_split
+from gramfed.platform.federation.gsmp import statistics_plan
 from gramfed.platform.federation.secagg import DistributedDiscreteGaussian, ring_bits
 from gramfed.platform.sketch_files import spec_from_proto
 from gramfed.platform.sketchspec import class_names
@@ -40,7 +43,7 @@ from gramfed.privacy import fixedpoint
 from gramfed.protos import federation_pb2 as pb
 from gramfed.protos import sketch_pb2
 from gramfed.workers.dp_gsmp.estimator import StatisticsRecipe
-from gramfed.workers.dp_gsmp.statistics import SufficientStatistics, pack, vector_size
+from gramfed.workers.dp_gsmp.statistics import StatisticsSplit, pack, vector_size
 from gramfed.workers.sketch import rff
 from gramfed.workers.sketch.accumulate import accumulate
 from gramfed.workers.sketch.classify import accumulate_by_label
@@ -55,68 +58,65 @@ class TaskError(ValueError):
     """A job this participant cannot compute, or a description no rule accepts."""
 
 
-def sketch_spec(job: pb.JobDescription) -> SketchSpec:
+@dataclass(frozen=True)
+class VectorRules:
+    """What a job description fixes about one participant's vector, derived once per job."""
+
+    dim: int
+    integer: bool
+    exponent: int  # the fixed-point grid 2**exponent of a real vector (0 for integer counts)
+    mechanism: DistributedDiscreteGaussian
+    sketch: SketchSpec | None = None
+    recipe: StatisticsRecipe | None = None
+    split: StatisticsSplit | None = None
+
+
+def rules(job: pb.JobDescription) -> VectorRules:
+    """The job's rules (cached: coordinator and participant ask for them at every stage)."""
+    return _rules(job.SerializeToString(deterministic=True))
+
+
+@functools.lru_cache(maxsize=32)
+def _rules(description: bytes) -> VectorRules:
+    job = pb.JobDescription.FromString(description)
+    if job.threshold < 1:
+        raise TaskError("a job needs a threshold of at least one noise share")
+    parts: dict[str, Any] = {}
+    if job.kind == "sketch":
+        spec = parts["sketch"] = _sketch_spec(job)
+        m = max(1, len(job.classes)) * (spec.size + 1)
+        integer = not spec.is_rff
+        sensitivity = rff.L2_SENSITIVITY if spec.is_rff else math.sqrt(spec.repetitions + 1)
+    elif job.kind == "dp_gsmp":
+        try:
+            parts["recipe"], parts["split"] = statistics_plan(job.gsmp)
+        except ValueError as exc:
+            raise TaskError(f"the job's model is invalid: {exc}") from None
+        m = vector_size(parts["recipe"].features.dim)
+        integer, sensitivity = False, 1.0
+    else:
+        raise TaskError(f"unknown job kind {job.kind!r}; known kinds: {', '.join(KINDS)}")
+    e = 0 if integer else math.floor(math.log2(sensitivity / (ROUNDING_SHARE * math.sqrt(m))))
+    units = sensitivity if integer else fixedpoint.l2_units(sensitivity, e, m)
+    mechanism = DistributedDiscreteGaussian.for_rho(
+        Fraction(job.rho), parties=job.threshold, l2_sensitivity=units, dim=m
+    )
+    return VectorRules(m, integer, e, mechanism, **parts)
+
+
+def _sketch_spec(job: pb.JobDescription) -> SketchSpec:
     try:
         return spec_from_proto(sketch_pb2.SketchSpec.FromString(job.sketch_spec))
     except (DecodeError, ValueError, TypeError) as exc:
         raise TaskError(f"the job's sketch spec is invalid: {exc}") from None
 
 
-def gsmp_recipe(job: pb.JobDescription) -> StatisticsRecipe:
-    try:
-        return recipe_from_pb(job.gsmp)
-    except ValueError as exc:
-        raise TaskError(f"the job's model is invalid: {exc}") from None
-
-
-def dim(job: pb.JobDescription) -> int:
-    """Coordinates of one participant's vector."""
-    if job.kind == "sketch":
-        return max(1, len(job.classes)) * (sketch_spec(job).size + 1)
-    if job.kind == "dp_gsmp":
-        return vector_size(gsmp_recipe(job).features.dim)
-    raise TaskError(f"unknown job kind {job.kind!r}; known kinds: {', '.join(KINDS)}")
-
-
-def is_integer(job: pb.JobDescription) -> bool:
-    return job.kind == "sketch" and not sketch_spec(job).is_rff
-
-
-def l2_sensitivity(job: pb.JobDescription) -> float:
-    """Of the real (unrounded) vector; see the module docstring."""
-    if job.kind == "sketch":
-        spec = sketch_spec(job)
-        return rff.L2_SENSITIVITY if spec.is_rff else math.sqrt(spec.repetitions + 1)
-    if job.kind == "dp_gsmp":
-        return 1.0
-    raise TaskError(f"unknown job kind {job.kind!r}")
-
-
-def exponent(job: pb.JobDescription) -> int:
-    """The fixed-point grid 2**exponent of a real vector (0 for integer counts)."""
-    if is_integer(job):
-        return 0
-    return math.floor(math.log2(l2_sensitivity(job) / (ROUNDING_SHARE * math.sqrt(dim(job)))))
-
-
-def mechanism(job: pb.JobDescription) -> DistributedDiscreteGaussian:
-    """The noise each participant adds, calibrated for the job's charge (public inputs only)."""
-    if job.threshold < 1:
-        raise TaskError("a job needs a threshold of at least one noise share")
-    m = dim(job)
-    sensitivity: float | Fraction = l2_sensitivity(job)
-    if not is_integer(job):
-        sensitivity = fixedpoint.l2_units(sensitivity, exponent(job), m)
-    return DistributedDiscreteGaussian.for_rho(
-        Fraction(job.rho), parties=job.threshold, l2_sensitivity=sensitivity, dim=m
-    )
-
-
 def value_bound(job: pb.JobDescription) -> int:
     """Bound on |coordinate| of a noised vector: every record adds at most 1 per coordinate
     (counts; unit-norm features; statistics with weights <= 1), plus the noise's far tail."""
-    tail = NOISE_TAIL_SDS * math.sqrt(mechanism(job).sigma2_each)
-    return math.ceil(job.max_records / 2.0 ** exponent(job) + 1 + tail)
+    r = rules(job)
+    tail = NOISE_TAIL_SDS * math.sqrt(r.mechanism.sigma2_each)
+    return math.ceil(job.max_records / 2.0**r.exponent + 1 + tail)
 
 
 def bits(job: pb.JobDescription, parties: int) -> int:
@@ -127,22 +127,26 @@ def local_vector(job: pb.JobDescription, x: np.ndarray, y: np.ndarray | None) ->
     """One participant's exact vector, on the grid (never sent without the gate)."""
     if len(x) > job.max_records:
         raise TaskError(f"{len(x)} records exceed the job's public bound of {job.max_records}")
-    values = _real_vector(job, x, y)
-    if is_integer(job):
+    r = rules(job)
+    values = _real_vector(job, r, x, y)
+    if r.integer:
         return values.astype(np.int64)
-    return fixedpoint.encode(values, exponent(job))
+    return fixedpoint.encode(values, r.exponent)
 
 
 def decode(job: pb.JobDescription, total: np.ndarray) -> np.ndarray:
     """The unmasked integer sum in the statistics' own units."""
-    if is_integer(job):
+    r = rules(job)
+    if r.integer:
         return np.asarray(total, dtype=np.int64)
-    return fixedpoint.decode(total, exponent(job))
+    return fixedpoint.decode(total, r.exponent)
 
 
-def _real_vector(job: pb.JobDescription, x: np.ndarray, y: np.ndarray | None) -> np.ndarray:
-    if job.kind == "sketch":
-        spec = sketch_spec(job)
+def _real_vector(
+    job: pb.JobDescription, r: VectorRules, x: np.ndarray, y: np.ndarray | None
+) -> np.ndarray:
+    if r.sketch is not None:
+        spec = r.sketch
         if x.ndim != 2 or x.shape[1] != spec.input_dim:
             raise TaskError(f"the sketch takes {spec.input_dim} columns, the data have {x.shape}")
         if not job.classes:
@@ -157,14 +161,11 @@ def _real_vector(job: pb.JobDescription, x: np.ndarray, y: np.ndarray | None) ->
         return np.concatenate(
             [np.append(by_class[c].values, by_class[c].count) for c in job.classes]
         )
-    if job.kind == "dp_gsmp":
-        recipe = gsmp_recipe(job)
-        if y is None:
-            raise TaskError("a private GSMP fit needs targets (participant join --target COLUMN)")
-        if x.ndim != 2 or x.shape[1] != recipe.features.input_dim:
-            raise TaskError(
-                f"the model takes {recipe.features.input_dim} columns, the data have {x.shape}"
-            )
-        stats: SufficientStatistics = recipe.statistics(torch.from_numpy(x), torch.from_numpy(y))
-        return pack(stats, statistics_split(job.gsmp))
-    raise TaskError(f"unknown job kind {job.kind!r}")
+    assert r.recipe is not None and r.split is not None
+    if y is None:
+        raise TaskError("a private GSMP fit needs targets (participant join --target COLUMN)")
+    features = r.recipe.features
+    if x.ndim != 2 or x.shape[1] != features.input_dim:
+        raise TaskError(f"the model takes {features.input_dim} columns, the data have {x.shape}")
+    stats = r.recipe.statistics(torch.from_numpy(x), torch.from_numpy(y))
+    return pack(stats, r.split)
