@@ -24,9 +24,10 @@ from gramfed.platform.audit_report import render
 from gramfed.platform.datasets import load_slimkl
 from gramfed.platform.federation.gsmp import FederatedGSMP
 from gramfed.platform.federation.local import FederatedJobFile, LocalFederation
+from gramfed.platform.jobspec import JobSpec
+from gramfed.platform.runtime.dp_gsmp import regressor_for
 from gramfed.privacy import keys
 from gramfed.privacy.report import build_report
-from gramfed.workers.dp_gsmp.estimator import DPGSMPRegressor
 
 PLANTS = ("p0", "p1", "p2")
 # Temperature (C), exhaust vacuum (cm Hg), ambient pressure (mbar), relative humidity (%):
@@ -94,10 +95,10 @@ def run_federated_demo(root: Path, log: Callable[[str], None]) -> dict[str, Any]
     model = FederatedGSMP.load(fed.state / "output-model.json")
     x_test = standardise(data.x_test)
     mse = float(np.mean((model.predict(x_test).mean.numpy() - data.y_test) ** 2))
-    central = DPGSMPRegressor(
-        target_range=RATED_OUTPUT_MW, components_per_dim=1, freq_upper=0.25, scale=0.16,
-        features_per_component=8, input_radius=INPUT_RADIUS, seed=1,
-    ).fit(x, y, epsilon=math.inf, delta=1e-5)  # fmt: skip
+    # The same job file's model, fitted in one process on the pooled data without noise.
+    central = regressor_for(JobSpec.model_validate(jobs()[0].sections))
+    central.agents = 1
+    central.fit(x, y, epsilon=math.inf, delta=1e-5)
     exact_mse = float(np.mean((central.predict(x_test) - data.y_test) ** 2))
     report = root / "p0-audit.html"
     trusted = keys.load_public(keys.public_path(root / "p0" / "ledger.key"))

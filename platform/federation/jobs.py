@@ -38,8 +38,6 @@ from gramfed.privacy.accountant import rho_for_epsilon
 from gramfed.protos import federation_pb2 as pb
 from gramfed.workers.sketch.sketch import NoiseProfile, Provenance, Sketch
 
-DEFAULT_DELTA = 1e-6  # a sketch job's delta when it gives epsilon alone (as a new pool's)
-
 
 class FederatedJob(BaseModel):
     """A ``[[jobs]]`` entry of a coordinator configuration."""
@@ -92,7 +90,8 @@ class LoadedJob:
                     " laplace noise cannot be shared out"
                 )
             privacy = spec.privacy
-            rho = privacy.rho or rho_for_epsilon(privacy.epsilon, privacy.delta or DEFAULT_DELTA)
+            delta = privacy.delta or privacy.budget_delta  # the delta of the pool it would create
+            rho = privacy.rho or rho_for_epsilon(privacy.epsilon, delta)
             job.dataset = privacy.dataset
             job.sketch_spec = spec_to_proto(spec.sketch_spec(entry.input_dim)).SerializeToString()
             job.classes.extend(spec.sketch.classes or [])
