@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/pooled_gp.py [--n 100000] [--workers 2] [--subsample 3000]
         [--test 256] [--tile-rows 1024] [--tile-cols 4096] [--rank 300] [--probes 16]
-        [--cg-tol 1e-6] [--address ADDR] [--num-cpus C] [--out bench/out/pooled.jsonl]
+        [--cg-tol 1e-6] [--dtype float64|float32] [--address ADDR] [--num-cpus C]
+        [--out bench/out/pooled.jsonl]
 
 Inputs uniform on [0, 1]^8, targets ``sin(3 x0) + x1^2 - cos(2 x2) / 2`` plus Gaussian noise
 (``--noise`` variance); an RBF-ARD kernel with unit lengthscales and the true noise variance.
@@ -78,6 +79,12 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=300)
     parser.add_argument("--probes", type=int, default=16)
     parser.add_argument("--cg-tol", type=float, default=1e-6)
+    parser.add_argument(
+        "--dtype",
+        choices=("float64", "float32"),
+        default="float64",
+        help="precision of the Gram tiles (CG vectors and sums stay float64)",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: local)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray")
@@ -100,6 +107,7 @@ def main() -> None:
         probes=args.probes,
         device=args.device,
         seed=args.seed,
+        dtype=getattr(torch, args.dtype),
     )
     if args.address is not None:
         ray.init(address=args.address, logging_level="warning")
@@ -160,6 +168,7 @@ def main() -> None:
         "precond_rank": full.fit.preconditioner_rank,
         "probes": args.probes,
         "cg_tol": args.cg_tol,
+        "tile_dtype": args.dtype,
         "fit_seconds": full.fit_seconds,
         "predict_seconds": full.predict_seconds,
         "test_points": args.test,

@@ -71,6 +71,17 @@ def test_float32_tiles_accumulate_in_float64() -> None:
     torch.testing.assert_close(out, dense(kernel, x, 0.1) @ v, rtol=1e-5, atol=1e-5)
 
 
+def test_float32_tiles_take_float64_inputs() -> None:
+    kernel = kernels(2)["rbf"]
+    x, _ = regression(90, 2)
+    tiles = TiledKernel(kernel, PooledOptions(tile_rows=32, dtype=torch.float32), CPU)
+    v = torch.randn(90, 3, dtype=torch.float64)
+    torch.testing.assert_close(
+        tiles.matmul(x[:20], x, v), kernel(x[:20], x) @ v, rtol=1e-5, atol=1e-5
+    )
+    torch.testing.assert_close(tiles.evaluate(x, x[:7]), kernel(x, x[:7]), rtol=1e-6, atol=1e-6)
+
+
 def test_pcg_solves_many_right_hand_sides_and_the_preconditioner_helps() -> None:
     kernel = kernels(2)["rbf"]
     x, _ = regression(300, 2)

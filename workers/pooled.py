@@ -103,6 +103,10 @@ class TiledKernel:
         self.tile_rows = options.tile_rows
         self._itemsize = torch.finfo(options.dtype).bits // 8
 
+    def _inputs(self, x: Tensor) -> Tensor:
+        """Inputs in the tiles' precision (a no-op for inputs already there)."""
+        return x.to(self.device, self.options.dtype)
+
     def _tile(self, x1: Tensor, x2: Tensor) -> Tensor:
         reserve(x1.shape[0] * x2.shape[0] * self._itemsize, self.device)
         return self.kernel(x1, x2)
@@ -119,6 +123,7 @@ class TiledKernel:
 
     def matmul(self, x1: Tensor, x2: Tensor, v: Tensor) -> Tensor:
         """``K(x1, x2) @ v`` (n1, k) in float64; each tile is multiplied in and dropped."""
+        x1, x2 = self._inputs(x1), self._inputs(x2)
         out = torch.empty(x1.shape[0], v.shape[1], dtype=torch.float64, device=self.device)
         vt = v.to(self.device, self.options.dtype)
         columns = _slices(x2.shape[0], self.options.tile_cols)
@@ -136,6 +141,7 @@ class TiledKernel:
 
     def evaluate(self, x1: Tensor, x2: Tensor) -> Tensor:
         """The block ``K(x1, x2)`` in float64; callers keep it small (pivot rows, test columns)."""
+        x1, x2 = self._inputs(x1), self._inputs(x2)
         out = torch.empty(x1.shape[0], x2.shape[0], dtype=torch.float64, device=self.device)
         columns = _slices(x2.shape[0], self.options.tile_cols)
 
