@@ -11,7 +11,9 @@ kernel's bandwidths are multiples of the median rule on the projected public row
 sketch per class, released together through the gate (one release of rho from (epsilon,
 delta)), classified by the largest joint density (class prior weighting) after projecting the
 released sums on the span of the public rows' features, or on its ``rank`` leading directions
-(post-processing; see ``gramfed.workers.sketch.classify``).
+(post-processing; see ``gramfed.workers.sketch.classify``), or, for gaussian sketches, by
+Gaussian class densities with a shared covariance in those directions (``rule="gaussian"``,
+``gramfed.workers.sketch.discriminant``; post-processing of the same release).
 
 Settings are chosen without the test split. For each data set and epsilon, every setting of the
 public grid ``GRID`` (angular LSH with R repetitions and K hashes, or gaussian RFF with D
@@ -48,6 +50,7 @@ from gramfed.platform.sketchspec import median_bandwidth
 from gramfed.privacy.accountant import rho_for_epsilon
 from gramfed.privacy.gate import Gate
 from gramfed.workers.sketch.classify import SketchClassifier, accumulate_by_label
+from gramfed.workers.sketch.discriminant import SketchDiscriminant
 from gramfed.workers.sketch.spec import SketchSpec
 
 Split = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
@@ -101,6 +104,8 @@ class Setting:
     hashes: int = 0  # K per repetition (angular)
     bandwidth_scale: float = 1.0  # times the public median rule (gaussian)
     rank: int | None = None  # leading public directions kept; None: the whole public span
+    rule: str = "density"  # or "gaussian": class Gaussians in the public span (gaussian only)
+    floor: float = 1.0  # the gaussian rule's within-class variance floor
 
     def spec(self, d: int, median: float) -> SketchSpec:
         """The spec for inputs of dimension ``d``; ``median`` is the public median rule."""
@@ -111,6 +116,11 @@ class Setting:
 
     def describe(self) -> str:
         rank = "full span" if self.rank is None else f"rank {self.rank}"
+        if self.rule == "gaussian":
+            return (
+                f"gaussian D={self.size}, {self.bandwidth_scale:g} x median, class Gaussians"
+                f" on {rank}, floor {self.floor:g}"
+            )
         if self.kernel == "gaussian":
             return f"gaussian D={self.size}, {self.bandwidth_scale:g} x median bandwidth, {rank}"
         return f"angular R={self.size} K={self.hashes}, {rank}"
@@ -123,6 +133,12 @@ GRID = (
         for d in (256, 1024)
         for b in (0.5, 0.7)
         for q in (20, 40, None)
+    ),
+    *(
+        Setting("gaussian", d, bandwidth_scale=b, rank=q, rule="gaussian")
+        for d in (1024, 4096)
+        for b in (0.7, 1.0)
+        for q in (20, 40)
     ),
 )
 
@@ -150,9 +166,13 @@ def sketch_accuracy(
         rho=rho_for_epsilon(eps, delta),
         requester="bench",
     )
-    model = SketchClassifier(
-        sketches, prior=True, public=public[: args.public_rows], rank=setting.rank
-    )
+    rows = public[: args.public_rows]
+    model: SketchClassifier | SketchDiscriminant
+    if setting.rule == "gaussian":
+        assert setting.rank is not None
+        model = SketchDiscriminant(sketches, public=rows, rank=setting.rank, floor=setting.floor)
+    else:
+        model = SketchClassifier(sketches, prior=True, public=rows, rank=setting.rank)
     predicted = model.predict(x_test)
     seconds = time.perf_counter() - start
     return float(np.mean(predicted == y_test.astype(str))), seconds

@@ -19,6 +19,7 @@ from gramfed.workers.sketch import query as query_module
 from gramfed.workers.sketch import rff
 from gramfed.workers.sketch.accumulate import SketchSums, accumulate, accumulate_shards
 from gramfed.workers.sketch.classify import SketchClassifier, accumulate_by_label
+from gramfed.workers.sketch.discriminant import SketchDiscriminant
 from gramfed.workers.sketch.mmd import monitor
 from gramfed.workers.sketch.query import SketchQuery, exact_kde, exact_kernel
 from gramfed.workers.sketch.sketch import Sketch, merge_all
@@ -383,6 +384,85 @@ def test_prior_classification_needs_no_positive_class_count(rng: np.random.Gener
     assert np.array_equal(model.predict(queries), predicted)
     with pytest.raises(SketchMismatch, match="sum to -20"):
         model.scores(queries)
+
+
+def three_classes(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    centres = np.array([[-2.0, 0.0, 0.0], [2.0, 0.0, 0.0], [0.0, 2.5, 0.0]])
+    y = np.repeat(["a", "b", "c"], n)
+    return centres[np.repeat([0, 1, 2], n)] + rng.standard_normal((3 * n, 3)), y
+
+
+def test_gaussian_class_densities_are_lda_in_the_public_coordinates(
+    rng: np.random.Generator,
+) -> None:
+    x, y = three_classes(rng, 200)
+    public, _ = three_classes(rng, 40)
+    sums = accumulate_by_label(GAUSSIAN, x, y, ["a", "b", "c"], device="cpu")
+    model = SketchDiscriminant(
+        {c: noiseless(s) for c, s in sums.items()}, public=public, rank=8, floor=0.5, device="cpu"
+    )
+    # The same rule computed row by row: each training row's coordinates in the public span,
+    # class means of those, the public covariance less the between-class one, floored.
+    feature = rff.RandomFourierFeatures(GAUSSIAN, torch.device("cpu"))
+    phi = feature(torch.as_tensor(x, dtype=torch.float32)).double().numpy()
+    p = feature(torch.as_tensor(public, dtype=torch.float32)).double().numpy()
+    values, vectors = np.linalg.eigh(p @ p.T)
+    basis = (vectors[:, -8:] / np.sqrt(values[-8:])).T @ p
+    coords = phi @ basis.T
+    means = np.stack([coords[y == c].mean(0) for c in "abc"], 1)
+    weights = np.full(3, 1 / 3)
+    centred = means - means.mean(1, keepdims=True)
+    total = np.cov(p @ basis.T, rowvar=False)
+    w_values, w_vectors = np.linalg.eigh(total - (centred * weights) @ centred.T)
+    lowest = 0.5 * np.linalg.eigvalsh(total).mean()
+    precision = (w_vectors / np.maximum(w_values, lowest)) @ w_vectors.T
+    queries = x[::7]
+    q = feature(torch.as_tensor(queries, dtype=torch.float32)).double().numpy() @ basis.T
+    expected = q @ precision @ means - 0.5 * np.sum(means * (precision @ means), 0) + np.log(1 / 3)
+    np.testing.assert_allclose(model.scores(queries).numpy(), expected, rtol=1e-3, atol=1e-3)
+    assert np.mean(model.predict(x) == y) > 0.8  # the Bayes rule's accuracy is about 0.9
+
+
+def test_gaussian_class_densities_from_a_release(gate: Gate, rng: np.random.Generator) -> None:
+    x, y = three_classes(rng, 1000)
+    public, _ = three_classes(rng, 100)
+    _, sketches = release_sketches(
+        gate,
+        POOL,
+        GAUSSIAN,
+        ["a", "b", "c"],
+        lambda: accumulate_by_label(GAUSSIAN, x, y, ["a", "b", "c"]),
+        rho=Fraction(1, 50),
+        requester="t",
+    )
+    test, truth = three_classes(rng, 300)
+    model = SketchDiscriminant(sketches, public=public, rank=20, device="cpu")
+    density = SketchClassifier(sketches, prior=True, public=public, rank=20, device="cpu")
+    accuracy = np.mean(model.predict(test) == truth)
+    assert accuracy > 0.85
+    assert accuracy >= np.mean(density.predict(test) == truth) - 0.02
+
+
+def test_gaussian_class_densities_refuse_what_they_cannot_use(rng: np.random.Generator) -> None:
+    x, y = three_classes(rng, 50)
+    sums = accumulate_by_label(GAUSSIAN, x, y, ["a", "b", "c"], device="cpu")
+    exact = {c: noiseless(s) for c, s in sums.items()}
+    with pytest.raises(ValueError, match="rank must be a positive integer"):
+        SketchDiscriminant(exact, public=x, rank=0)
+    with pytest.raises(ValueError, match="floor must be positive"):
+        SketchDiscriminant(exact, public=x, rank=5, floor=0.0)
+    with pytest.raises(ValueError, match="at least two public rows"):
+        SketchDiscriminant(exact, public=x[:1], rank=5)
+    with pytest.raises(ValueError, match="shape"):
+        SketchDiscriminant(exact, public=x[:, :2], rank=5)
+    with pytest.raises(ValueError, match="at least two classes"):
+        SketchDiscriminant({"a": exact["a"]}, public=x, rank=5)
+    empty = {**exact, "c": Sketch(GAUSSIAN, exact["c"].values, -1.0)}
+    with pytest.raises(SketchMismatch, match=r"classes \['c'\] have a non-positive noisy count"):
+        SketchDiscriminant(empty, public=x, rank=5)
+    lsh = accumulate_by_label(ANGULAR, x, y, ["a", "b", "c"])
+    with pytest.raises(SketchMismatch, match="need gaussian"):
+        SketchDiscriminant({c: noiseless(s) for c, s in lsh.items()}, public=x, rank=5)
 
 
 def test_rff_build_does_not_depend_on_the_chunking(data: np.ndarray) -> None:

@@ -115,6 +115,27 @@ def test_class_sketches_classify(folder: Path, key_path: Path, rng: np.random.Ge
     one_line_error(code, out, "inputs of shape (n, 2), got (200, 3)")
     code, out = invoke(*classify, "--rank", "5")
     one_line_error(code, out, "rank must be a positive integer with public rows")
+    code, out = invoke(*classify, "--rule", "gaussian")
+    one_line_error(code, out, "--rule gaussian needs --public rows")
+    code, out = invoke(*classify, "--rule", "gaussian", *public)
+    one_line_error(code, out, "Gaussian class densities need gaussian (RFF) sketches, not l2")
+
+    job = write_job(
+        folder,
+        key_path,
+        "rff",
+        "train.npz",
+        sketch='kernel = "gaussian"\nbandwidth = 2.0\nfeatures = 256\nclasses = ["0", "1"]',
+        data='label = "y"',
+    )
+    code, out = invoke("sketch", "build", str(job), "--json")
+    assert code == 0, out
+    gaussian = ["sketch", "classify", str(folder / "rff.gfs"), "--points", str(folder / "test.npz")]
+    code, out = invoke(*gaussian, "--label", "y", "--rule", "gaussian", *public, "--json")
+    assert code == 0, out
+    assert json.loads(out)["accuracy"] > 0.9
+    code, out = invoke(*gaussian, "--rule", "gaussian", *public, "--floor", "-1")
+    one_line_error(code, out, "floor must be positive and finite, got -1.0")
 
 
 def one_line_error(code: int, out: str, fragment: str) -> None:

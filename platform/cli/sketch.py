@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,11 +16,20 @@ from gramfed.platform.sketch_build import run_sketch_job
 from gramfed.platform.sketch_files import load_sketch, load_sketches, save_sketches
 from gramfed.platform.sketchspec import class_names, load_points, load_sketch_job
 from gramfed.workers.sketch.classify import SketchClassifier
+from gramfed.workers.sketch.discriminant import DEFAULT_RANK, SketchDiscriminant
 from gramfed.workers.sketch.mmd import DEFAULT_LEVEL, monitor
 from gramfed.workers.sketch.query import DEFAULT_CONFIDENCE, SketchQuery
 from gramfed.workers.sketch.sketch import merge_all
 
 ALARM = 1
+
+
+class ClassRule(StrEnum):
+    """How ``gramfed sketch classify`` turns class sketches into a prediction."""
+
+    density = "density"
+    gaussian = "gaussian"
+
 
 sketch_app = typer.Typer(
     help="Differentially private kernel density sketches: build, merge, query, classify, monitor.",
@@ -126,8 +136,26 @@ def classify(
     ] = None,
     rank: Annotated[
         int | None,
-        typer.Option(help="With --public: keep only this many leading directions of their span."),
+        typer.Option(
+            help="With --public: keep only this many leading directions of their span"
+            f" (--rule gaussian: default {DEFAULT_RANK})."
+        ),
     ] = None,
+    rule: Annotated[
+        ClassRule,
+        typer.Option(
+            help="density: the class of highest kernel density estimate; gaussian: Gaussian"
+            " class densities with a shared covariance in the public span (gaussian sketches,"
+            " needs --public; always weighs by class proportions)."
+        ),
+    ] = ClassRule.density,
+    floor: Annotated[
+        float,
+        typer.Option(
+            help="--rule gaussian: lowest within-class variance, as a multiple of the mean"
+            " public variance."
+        ),
+    ] = 1.0,
     device: Device = "auto",
     as_json: AsJson = False,
 ) -> None:
@@ -138,9 +166,20 @@ def classify(
             raise ValueError(f"{sketch_path}: holds one sketch; classification needs one per class")
         data = load_points(points, label=label, y_key=label or "y")
         rows = None if public is None else load_points(public).x
-        model = SketchClassifier(
-            {s.label: s for s in sketches}, prior=prior, public=rows, rank=rank, device=device
-        )
+        by_label = {s.label: s for s in sketches}
+        model: SketchClassifier | SketchDiscriminant
+        if rule is ClassRule.gaussian:
+            if rows is None:
+                raise ValueError("--rule gaussian needs --public rows")
+            model = SketchDiscriminant(
+                by_label,
+                public=rows,
+                rank=DEFAULT_RANK if rank is None else rank,
+                floor=floor,
+                device=device,
+            )
+        else:
+            model = SketchClassifier(by_label, prior=prior, public=rows, rank=rank, device=device)
         predicted = model.predict(data.x)
     summary: dict[str, Any] = {"points": len(predicted), "classes": model.labels}
     if data.labels is not None:

@@ -1,0 +1,146 @@
+"""Gaussian class densities from released class sketches: linear discriminant analysis.
+
+``SketchClassifier`` scores a query by each class's kernel density. This rule reads the same
+released gaussian (RFF) class sketches and public rows, and models each class instead as a
+Gaussian with a covariance shared by all classes, in the leading directions of the public rows'
+feature span. With few records per class the kernel density of a class is a noisy, flat
+function, while its mean and the shared covariance are a few well-determined numbers.
+
+Coordinates. Public rows (never private ones) give the features ``P`` (m, D) and
+``G = P P' = U L U'``. With the k leading eigenpairs, ``c(x) = L_k^-1/2 U_k' P phi(x)`` maps a
+feature vector to k orthonormal coordinates of the public span: the rows of
+``B = L_k^-1/2 U_k' P`` are orthonormal in R^D (``B B' = I``).
+
+Class means. A class's released sums are ``S~_c = S_c + xi_c`` with ``xi_c ~ N(0, s^2 I_D)``
+in feature units (``s^2`` the sketch's stated per-coordinate noise variance), so
+``B S~_c = B S_c + B xi_c`` and ``B xi_c ~ N(0, s^2 I_k)``: the projection keeps k noise
+coordinates of the D. The mean is ``m_c = B S~_c / n~_c`` with the class's noisy count; its
+noise has variance ``s^2 / n_c^2`` per coordinate, and the class weights are
+``pi_c = n~_c / sum n~``.
+
+Shared covariance. ``Sigma_T``, the covariance of the public rows' coordinates, estimates the
+total covariance; the between-class part is ``Sigma_B = sum pi_c (m_c - m)(m_c - m)'`` with
+``m = sum pi_c m_c``, less the noise it picks up (``sum pi_c s^2 / n_c^2`` on the diagonal), and
+the within-class covariance ``Sigma_W = Sigma_T - Sigma_B`` has its eigenvalues raised to at
+least ``floor`` times the mean eigenvalue of ``Sigma_T``. Noise or a small public sample can make
+``Sigma_W`` indefinite, and its small eigenvalues are the least certain while their inverses
+weigh most; ``floor = 1`` (the default) keeps only the within-class spread above the average,
+which discounts the directions the classes vary most in, and a large floor tends to the
+nearest class mean. Then the log joint density of class c at x is, up to a constant,
+
+    c(x)' Sigma_W^-1 m_c - m_c' Sigma_W^-1 m_c / 2 + log pi_c.
+
+Everything here reads only the release (sums, counts, the stated noise) and public rows: it is
+post-processing and costs no privacy. ``rank`` and ``floor`` are public choices (made on public
+data, never on the evaluation data).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from gramfed.workers.device import resolve_device
+from gramfed.workers.sketch.accumulate import (
+    QUERY_CHUNK_BYTES,
+    as_inputs,
+    chunk_rows,
+    featuriser,
+    rff_cosines,
+)
+from gramfed.workers.sketch.rff import RandomFourierFeatures
+from gramfed.workers.sketch.sketch import Sketch
+from gramfed.workers.sketch.spec import SketchMismatch
+
+DEFAULT_RANK = 20
+
+
+class SketchDiscriminant:
+    """Predicts the class of largest Gaussian joint density (module docstring).
+
+    ``public`` rows (never private ones) fix the coordinates and the total covariance; ``rank``
+    is the number of leading directions of their feature span kept (fewer when the span is
+    smaller); ``floor`` bounds the within-class covariance's eigenvalues from below.
+    """
+
+    def __init__(
+        self,
+        sketches: Mapping[str, Sketch],
+        *,
+        public: np.ndarray | Tensor,
+        rank: int,
+        floor: float = 1.0,
+        device: str | torch.device | None = "auto",
+    ) -> None:
+        if len(sketches) < 2:
+            raise ValueError("classification needs sketches of at least two classes")
+        if isinstance(rank, bool) or rank < 1:
+            raise ValueError(f"rank must be a positive integer, got {rank!r}")
+        if not (floor > 0.0 and math.isfinite(floor)):
+            raise ValueError(f"floor must be positive and finite, got {floor}")
+        self.labels = list(sketches)
+        first = sketches[self.labels[0]]
+        for sketch in sketches.values():
+            first.spec.require_compatible(sketch.spec, "classify with")
+        self.spec = first.spec
+        self.device = resolve_device(device)
+        feature = featuriser(self.spec, self.device)
+        if not isinstance(feature, RandomFourierFeatures):
+            raise SketchMismatch(
+                f"Gaussian class densities need gaussian (RFF) sketches, not {self.spec.kernel}"
+            )
+        self.feature = feature
+        counts = torch.tensor([sketches[c].count for c in self.labels], dtype=torch.float64)
+        if bool((counts <= 0).any()):
+            bad = [c for c, n in zip(self.labels, counts.tolist(), strict=True) if n <= 0]
+            raise SketchMismatch(f"classes {bad} have a non-positive noisy count: no class mean")
+        rows = as_inputs(public, self.spec)
+        if rows.shape[0] < 2:
+            raise ValueError("give at least two public rows to estimate the covariance")
+        p = self._features(rows)  # (m, D)
+        values, vectors = torch.linalg.eigh(p @ p.T)  # ascending
+        keep = values > values.max() * p.shape[0] * torch.finfo(torch.float64).eps
+        k = min(rank, int(keep.sum()))
+        basis = (vectors[:, -k:] / values[-k:].sqrt()).T @ p  # (k, D), orthonormal rows
+
+        sums = torch.from_numpy(
+            np.stack([sketches[c].values for c in self.labels], axis=1).astype(np.float64)
+        )  # (D, C), in feature units
+        means = basis @ sums / counts  # (k, C)
+        noise = torch.tensor([sketches[c].noise.variance for c in self.labels])
+        weights = counts / counts.sum()
+        centred = means - means @ weights[:, None]
+        between = (centred * weights) @ centred.T
+        between.diagonal().sub_(float((weights * noise / counts.square()).sum()))
+        total = torch.cov(basis @ p.T)  # (k, k) over the public rows
+        within_values, within_vectors = torch.linalg.eigh(total - between)
+        lowest = floor * float(torch.linalg.eigvalsh(total).clamp_min(0).mean())
+        precision = (within_vectors / within_values.clamp_min(lowest)) @ within_vectors.T
+        self.coefficients = precision @ means  # (k, C)
+        self.offsets = -0.5 * (means * self.coefficients).sum(0) + weights.log()
+        # Queries go straight from cosines to scores: phi(y) = scale cos(W y + b).
+        self._query_map = (basis.T * feature.scale @ self.coefficients).to(
+            self.device, torch.float32
+        )
+
+    def _features(self, x: Tensor) -> Tensor:
+        return self.feature(x.to(self.device, torch.float32)).to("cpu", torch.float64)
+
+    def scores(self, queries: np.ndarray | Tensor) -> Tensor:
+        """(m, C) log joint densities of the classes at each query, up to a shared constant."""
+        y = as_inputs(queries, self.spec)
+        rows = chunk_rows(self.spec, QUERY_CHUNK_BYTES)
+        parts = [
+            (cosines @ self._query_map).to("cpu", torch.float64)
+            for _, cosines in rff_cosines(self.feature, y, rows)
+        ]
+        linear = torch.cat(parts) if parts else torch.zeros(0, len(self.labels))
+        return linear.to(torch.float64) + self.offsets
+
+    def predict(self, queries: np.ndarray | Tensor) -> np.ndarray:
+        """The predicted label of each query."""
+        return np.asarray(self.labels, dtype=object)[self.scores(queries).argmax(1).numpy()]
