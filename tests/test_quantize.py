@@ -6,6 +6,7 @@ from gramfed.workers.quantize import (
     ExactCodec,
     MessageError,
     StochasticQuantizer,
+    decode_update,
     decode_vector,
     message_bits,
 )
@@ -86,3 +87,49 @@ def test_bad_quantizer_settings_are_refused(kwargs: dict) -> None:
 def test_non_finite_values_are_refused() -> None:
     with pytest.raises(ValueError, match="non-finite"):
         StochasticQuantizer(bits=8).encode(torch.tensor([1.0, float("nan")], dtype=torch.float64))
+
+
+def test_updates_are_unbiased_keep_zeros_and_shrink_with_the_change() -> None:
+    reference = _sparse_weights(seed=1)
+    x = reference.clone()
+    x[::13] *= 1.01  # a settled round: every weight moved by at most 1%
+    x[::26] = 0.0  # and some left the support
+    codec, trials = StochasticQuantizer(bits=4, seed=3), 4000
+    draws = torch.stack(
+        [decode_update(codec.encode_update(x, reference), reference) for _ in range(trials)]
+    )
+    change = x - reference
+    step = float(change[x != 0].max() - change[x != 0].min()) / 15
+    assert float((draws.mean(0) - x).abs().max()) < 6 * (step / 2) / np.sqrt(trials)
+    assert float((draws - x).abs().max()) <= step * (1 + 1e-12)
+    assert bool((draws[:, x == 0] == 0).all())
+    # The same weights sent whole carry errors on the scale of the weights' range.
+    whole = torch.stack([codec.decode(codec.encode(x)) for _ in range(200)])
+    assert float((whole - x).abs().max()) > 20 * float((draws - x).abs().max())
+
+
+def test_an_update_costs_the_support_bitmap_and_its_levels() -> None:
+    x = _sparse_weights()
+    payload = StochasticQuantizer(bits=8).encode_update(x, torch.zeros_like(x))
+    nnz = int((x != 0).sum())
+    assert message_bits(payload) == 8 * 22 + 8 * ((len(x) + 7) // 8) + 8 * nnz
+    assert 64 * len(x) / message_bits(payload) >= 8
+    exact = ExactCodec().encode_update(x, torch.ones_like(x))  # exact messages need no reference
+    assert torch.equal(decode_update(exact, torch.ones_like(x)), x)
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda b: b[:-1],  # truncated levels
+        lambda b: b + b"\x00",  # trailing garbage
+        lambda b: b[:1] + (401).to_bytes(4, "little") + b[5:],  # another length than the reference
+    ],
+)
+def test_corrupt_updates_are_refused(mutate) -> None:
+    x = _sparse_weights()
+    payload = StochasticQuantizer(bits=6).encode_update(x, torch.zeros_like(x))
+    with pytest.raises(MessageError):
+        decode_update(mutate(payload), torch.zeros_like(x))
+    with pytest.raises(MessageError, match="against the receiver's reference"):
+        decode_vector(payload)

@@ -62,7 +62,8 @@ def test_a_run_resumed_from_a_checkpoint_equals_the_uninterrupted_run(
 
 
 def test_checkpoint_for_another_spec_or_missing_is_refused(tmp_path: Path) -> None:
-    state = ADMMState(0, b"", torch.zeros(1, 2, dtype=torch.float64), 1.0, 0.0, [], False, None)
+    zeros = torch.zeros(1, 2, dtype=torch.float64)
+    state = ADMMState(0, b"", zeros[0], zeros, zeros, 1.0, 0.0, [], False, None)
     path = tmp_path / "c.json"
     checkpoint.save(path, checkpoint.Checkpoint("a", state, []))
     with pytest.raises(ValueError, match="different job spec"):

@@ -8,7 +8,10 @@ then sends ``Q(zeta_j)``. The coordinator forms ``theta = max(0, mean_j(Q(zeta_j
 (the global step carries the constraint too, so the consensus kernel is always PSD),
 quantizes it and broadcasts it with rho; each agent then updates its own dual
 ``lam_j += rho (Q(zeta_j) - theta)``, which the coordinator mirrors from the same bytes, so
-duals never travel. Stopping rules and residual balancing follow the SLIM-KL reference:
+duals never travel. Quantized messages are updates (``quantize.encode_update``): each carries
+its vector's change from the sender's previous message, whose reconstruction both ends hold,
+so the quantization error shrinks as the rounds settle and the zero weights stay exactly zero.
+Stopping rules and residual balancing follow the SLIM-KL reference:
 primal residual ``|Z - theta 1'|_F``, dual residual ``|rho (theta - theta_old)|_F``,
 tolerances ``sqrt(A J) tol_abs + tol_rel max(|Z|_F, |theta|_F)`` and
 ``sqrt(A J) tol_abs + tol_rel |rho Lam|_F``; rho is multiplied by ``nu`` when the primal
@@ -32,7 +35,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gramfed.workers.quantize import ExactCodec, StochasticQuantizer, VectorCodec, message_bits
+from gramfed.workers.quantize import (
+    ExactCodec,
+    StochasticQuantizer,
+    VectorCodec,
+    decode_update,
+    message_bits,
+)
 from gramfed.workers.sca import ConsensusPenalty, LocalProblem
 from gramfed.workers.transport import Transport
 
@@ -86,11 +95,16 @@ class ADMMResult:
 class ADMMState:
     """The coordinator between rounds: everything round ``round + 1`` needs, and the history.
 
-    ``codec_state`` is the coordinator quantizer's generator state (None for exact messages).
+    ``theta`` is the next frame's message, an update from ``held``, the consensus the agents
+    hold; ``received`` (J, A) is what the coordinator holds of each agent's last message (the
+    reference its next one updates). ``codec_state`` is the coordinator quantizer's generator
+    state (None for exact messages).
     """
 
     round: int
     theta: bytes
+    held: Tensor
+    received: Tensor
     lam: Tensor
     rho: float
     rho_dual: float
@@ -103,6 +117,8 @@ class ADMMState:
         return {
             "round": self.round,
             "theta": self.theta.hex(),
+            "held": self.held.tolist(),
+            "received": self.received.tolist(),
             "lam": self.lam.tolist(),
             "rho": self.rho,
             "rho_dual": self.rho_dual,
@@ -116,6 +132,8 @@ class ADMMState:
         return cls(
             round=int(data["round"]),
             theta=bytes.fromhex(data["theta"]),
+            held=torch.tensor(data["held"], dtype=torch.float64),
+            received=torch.tensor(data["received"], dtype=torch.float64),
             lam=torch.tensor(data["lam"], dtype=torch.float64),
             rho=float(data["rho"]),
             rho_dual=float(data["rho_dual"]),
@@ -164,11 +182,13 @@ class ADMMAgent:
         self.sent = torch.zeros_like(self.zeta)
         self.lam = torch.zeros_like(self.zeta)
         self.residual = torch.zeros_like(self.zeta)
+        self.theta = torch.zeros_like(self.zeta)  # the consensus as last received
         self.local_objective: list[float] = []
 
     def step(self, frame: bytes) -> bytes:
         round_, final, rho_dual, rho, theta_bytes = decode_frame(frame)
-        theta = self.codec.decode(theta_bytes).to(self.zeta)
+        theta = decode_update(theta_bytes, self.theta).to(self.zeta)
+        self.theta = theta
         if round_ == 1:
             self.zeta = theta.clone()  # every agent starts from the broadcast starting point
         if rho_dual > 0:
@@ -181,8 +201,8 @@ class ADMMAgent:
         self.zeta = result.weights
         self.local_objective.append(result.objective_history[-1])
         outgoing = self.zeta + self.residual if self.options.error_feedback else self.zeta
-        message = self.codec.encode(outgoing)
-        self.sent = self.codec.decode(message).to(self.zeta)
+        message = self.codec.encode_update(outgoing, self.sent)
+        self.sent = decode_update(message, self.sent).to(self.zeta)
         if self.options.error_feedback:
             self.residual = outgoing - self.sent
         return message
@@ -197,12 +217,13 @@ class ADMMAgent:
             "sent": self.sent.cpu().numpy(),
             "lam": self.lam.cpu().numpy(),
             "residual": self.residual.cpu().numpy(),
+            "theta": self.theta.cpu().numpy(),
             "local_objective": list(self.local_objective),
             "codec_state": codec_state(self.codec),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
-        for name in ("zeta", "sent", "lam", "residual"):
+        for name in ("zeta", "sent", "lam", "residual", "theta"):
             value = torch.from_numpy(np.array(state[name], dtype=np.float64))
             if value.shape != self.zeta.shape:
                 raise ValueError(f"agent state {name!r} has shape {tuple(value.shape)}")
@@ -238,11 +259,14 @@ class ConsensusADMM:
             raise ValueError(f"the starting point must be {num_components} non-negative weights")
 
     def initial_state(self) -> ADMMState:
-        theta = self.codec.encode(self.start)
+        held = torch.zeros(self.size, dtype=torch.float64)
+        agents = self.transport.num_agents
         return ADMMState(
             round=0,
-            theta=theta,
-            lam=torch.zeros(self.transport.num_agents, self.size, dtype=torch.float64),
+            theta=self.codec.encode_update(self.start, held),
+            held=held,
+            received=torch.zeros(agents, self.size, dtype=torch.float64),
+            lam=torch.zeros(agents, self.size, dtype=torch.float64),
             rho=self.options.rho0,
             rho_dual=0.0,
             rounds=[],
@@ -265,14 +289,14 @@ class ConsensusADMM:
         """
         opts, agents = self.options, self.transport.num_agents
         state = self.initial_state() if resume_from is None else resume_from
-        if state.lam.shape != (agents, self.size):
+        if state.lam.shape != (agents, self.size) or state.received.shape != state.lam.shape:
             raise ValueError(
                 f"the saved state is for {tuple(state.lam.shape)} duals, this run has"
                 f" {agents} agents and {self.size} weights"
             )
         restore_codec(self.codec, state.codec_state)
         lam, theta_bytes, rho, rho_dual = state.lam.clone(), state.theta, state.rho, state.rho_dual
-        theta = self.codec.decode(theta_bytes)
+        theta, received = decode_update(theta_bytes, state.held), state.received.clone()
         result = ADMMResult(
             weights=theta, rounds=[replace(r) for r in state.rounds], converged=state.converged
         )
@@ -283,10 +307,14 @@ class ConsensusADMM:
             frame = encode_frame(t, rho_dual, rho, theta_bytes)
             replies = self.transport.round(frame)
             bits = agents * message_bits(frame) + sum(message_bits(r) for r in replies)
-            zeta = torch.stack([self.codec.decode(r) for r in replies])
+            zeta = torch.stack(
+                [decode_update(r, held) for r, held in zip(replies, received, strict=True)]
+            )
+            received = zeta
             theta_old = theta
-            theta_bytes = self.codec.encode((zeta.mean(0) + lam.mean(0) / rho).clamp_min(0.0))
-            theta = self.codec.decode(theta_bytes)
+            average = (zeta.mean(0) + lam.mean(0) / rho).clamp_min(0.0)
+            theta_bytes = self.codec.encode_update(average, theta_old)
+            theta = decode_update(theta_bytes, theta_old)
             lam += rho * (zeta - theta)
             record = RoundRecord(
                 round=t,
@@ -320,6 +348,8 @@ class ConsensusADMM:
                     ADMMState(
                         round=t,
                         theta=theta_bytes,
+                        held=theta_old.clone(),
+                        received=received.clone(),
                         lam=lam.clone(),
                         rho=rho,
                         rho_dual=rho_dual,

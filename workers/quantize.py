@@ -7,9 +7,19 @@ spanning ``[min x, max x]`` (``bits=b``) or the multiples of a fixed ``step`` (`
 the reference's Delta). Level indices are bit-packed; when most levels are zero (sparse
 GSMP weights) a bitmap of non-zeros is sent instead of every level, whichever is shorter.
 
+Updates (``encode_update``): consensus ADMM sends the same vectors round after round, and
+they settle. An update message carries a vector as its change from a reference the receiver
+already holds (the previous message's reconstruction): the support of the new vector as a
+bitmap, and on it the differences from the reference, quantized as above. The grid then
+spans the round's changes, which shrink as the iterations settle, so the quantization error
+shrinks with them instead of staying at a fixed fraction of the weights' range; the zeros of
+the new vector (the sparse GSMP weights) are reproduced exactly. Still unbiased: the
+reconstruction is the reference plus an unbiased estimate of the difference.
+
 Layout (little endian): ``u8 kind | u32 count | u8 width | f64 origin | f64 step`` then,
-for kind DENSE, ``count * width`` packed bits of level indices; for kind SPARSE, ``count``
-bitmap bits followed by ``nnz * width`` packed bits. Kind EXACT carries raw float64 values.
+for kind DENSE, ``count * width`` packed bits of level indices; for kinds SPARSE and UPDATE,
+``count`` bitmap bits followed by ``nnz * width`` packed bits (UPDATE: differences from the
+reference on the bitmap's support). Kind EXACT carries raw float64 values.
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ import torch
 from torch import Tensor
 
 _HEADER = struct.Struct("<BIBdd")
-_EXACT, _DENSE, _SPARSE = 0, 1, 2
+_EXACT, _DENSE, _SPARSE, _UPDATE = 0, 1, 2, 3
 MAX_COUNT = 1 << 24
 
 
@@ -37,6 +47,10 @@ class VectorCodec(Protocol):
 
     def decode(self, payload: bytes) -> Tensor: ...
 
+    def encode_update(self, values: Tensor, reference: Tensor) -> bytes:
+        """``values`` for a receiver that holds ``reference`` (``decode_update``)."""
+        ...
+
 
 class ExactCodec:
     """Unquantized float64 messages."""
@@ -47,6 +61,10 @@ class ExactCodec:
 
     def decode(self, payload: bytes) -> Tensor:
         return decode_vector(payload)
+
+    def encode_update(self, values: Tensor, reference: Tensor) -> bytes:
+        """Exact values need no reference."""
+        return self.encode(values)
 
 
 @dataclass
@@ -68,9 +86,26 @@ class StochasticQuantizer:
         self._rng = np.random.default_rng(self.seed)
 
     def encode(self, values: Tensor) -> bytes:
-        x = values.detach().to("cpu", torch.float64).numpy()
-        if not np.all(np.isfinite(x)):
-            raise ValueError("cannot quantize non-finite values")
+        levels, width, origin, step = self._quantize(_finite(values))
+        return _pack(levels, width, origin, step)
+
+    def decode(self, payload: bytes) -> Tensor:
+        return decode_vector(payload)
+
+    def encode_update(self, values: Tensor, reference: Tensor) -> bytes:
+        """An UPDATE message: the support of ``values`` and, on it, ``values - reference``
+        quantized (module docstring)."""
+        x, ref = _finite(values), _finite(reference)
+        if ref.shape != x.shape:
+            raise ValueError(f"reference of shape {ref.shape} for values of shape {x.shape}")
+        support = x != 0
+        levels, width, origin, step = self._quantize(x[support] - ref[support])
+        header = _HEADER.pack(_UPDATE, x.size, width, origin, step)
+        mask = np.packbits(support, bitorder="little").tobytes()
+        return header + mask + _pack_bits(levels, width)
+
+    def _quantize(self, x: np.ndarray) -> tuple[np.ndarray, int, float, float]:
+        """Random levels, bit width, origin and step of ``x`` on this quantizer's grid."""
         if self.step is not None:
             step = self.step
             origin = math.floor(float(x.min()) / step) * step if x.size else 0.0
@@ -84,10 +119,14 @@ class StochasticQuantizer:
         levels = (floor + (self._rng.random(x.shape) < scaled - floor)).astype(np.int64)
         levels = np.maximum(levels, 0)
         width = max(1, int(levels.max()).bit_length()) if levels.size else 1
-        return _pack(levels, width, origin, step)
+        return levels, width, origin, step
 
-    def decode(self, payload: bytes) -> Tensor:
-        return decode_vector(payload)
+
+def _finite(values: Tensor) -> np.ndarray:
+    x = values.detach().to("cpu", torch.float64).numpy()
+    if not np.all(np.isfinite(x)):
+        raise ValueError("cannot quantize non-finite values")
+    return x
 
 
 def _pack(levels: np.ndarray, width: int, origin: float, step: float) -> bytes:
@@ -116,36 +155,76 @@ def _unpack_bits(buffer: bytes, count: int, width: int) -> np.ndarray:
 
 
 def decode_vector(payload: bytes) -> Tensor:
-    """Decode any codec's message into a float64 tensor, validating every length."""
+    """Decode any codec's message into a float64 tensor, validating every length.
+
+    An UPDATE message needs the receiver's reference: ``decode_update``.
+    """
+    kind, count, width, origin, step, body = _header(payload)
+    if kind == _EXACT:
+        if len(body) != 8 * count:
+            raise MessageError(f"exact message has {len(body)} bytes for {count} values")
+        return torch.from_numpy(np.frombuffer(body, "<f8").astype(np.float64))
+    _check_grid(width, origin, step)
+    if kind == _DENSE:
+        levels = _unpack_bits(body, count, width)
+        used = (count * width + 7) // 8
+    elif kind == _SPARSE:
+        mask, on_mask, used = _masked_levels(body, count, width)
+        levels = np.zeros(count, dtype=np.int64)
+        levels[mask] = on_mask
+    elif kind == _UPDATE:
+        raise MessageError("an update message decodes only against the receiver's reference")
+    else:
+        raise MessageError(f"unknown vector message kind {kind}")
+    _check_length(body, used)
+    return torch.from_numpy(origin + step * levels.astype(np.float64))
+
+
+def decode_update(payload: bytes, reference: Tensor) -> Tensor:
+    """Decode a message sent by ``encode_update`` against the ``reference`` the receiver holds
+    (any other kind decodes on its own)."""
+    kind, count, width, origin, step, body = _header(payload)
+    if kind != _UPDATE:
+        return decode_vector(payload)
+    ref = reference.detach().to("cpu", torch.float64).numpy()
+    if ref.size != count:
+        raise MessageError(f"update message for {count} values, the reference has {ref.size}")
+    _check_grid(width, origin, step)
+    mask, levels, used = _masked_levels(body, count, width)
+    _check_length(body, used)
+    out = np.zeros(count, dtype=np.float64)
+    out[mask] = ref[mask] + origin + step * levels.astype(np.float64)
+    return torch.from_numpy(out)
+
+
+def _header(payload: bytes) -> tuple[int, int, int, float, float, bytes]:
     if len(payload) < _HEADER.size:
         raise MessageError(f"vector message too short: {len(payload)} bytes")
     kind, count, width, origin, step = _HEADER.unpack_from(payload)
     if count > MAX_COUNT:
         raise MessageError(f"vector message declares {count} values, more than {MAX_COUNT}")
-    body = payload[_HEADER.size :]
-    if kind == _EXACT:
-        if len(body) != 8 * count:
-            raise MessageError(f"exact message has {len(body)} bytes for {count} values")
-        return torch.from_numpy(np.frombuffer(body, "<f8").astype(np.float64))
+    return kind, count, width, origin, step, payload[_HEADER.size :]
+
+
+def _check_grid(width: int, origin: float, step: float) -> None:
     if not 1 <= width <= 63 or not (math.isfinite(origin) and math.isfinite(step)):
         raise MessageError("vector message header is corrupt")
-    if kind == _DENSE:
-        levels = _unpack_bits(body, count, width)
-        used = (count * width + 7) // 8
-    elif kind == _SPARSE:
-        mask_bytes = (count + 7) // 8
-        if len(body) < mask_bytes:
-            raise MessageError("sparse vector message truncated in its bitmap")
-        mask = np.unpackbits(np.frombuffer(body[:mask_bytes], np.uint8), bitorder="little")
-        mask = mask[:count].astype(bool)
-        levels = np.zeros(count, dtype=np.int64)
-        levels[mask] = _unpack_bits(body[mask_bytes:], int(mask.sum()), width)
-        used = mask_bytes + (int(mask.sum()) * width + 7) // 8
-    else:
-        raise MessageError(f"unknown vector message kind {kind}")
+
+
+def _masked_levels(body: bytes, count: int, width: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The bitmap of a SPARSE or UPDATE body, the levels on it, and the bytes they used."""
+    mask_bytes = (count + 7) // 8
+    if len(body) < mask_bytes:
+        raise MessageError("sparse vector message truncated in its bitmap")
+    mask = np.unpackbits(np.frombuffer(body[:mask_bytes], np.uint8), bitorder="little")
+    mask = mask[:count].astype(bool)
+    levels = _unpack_bits(body[mask_bytes:], int(mask.sum()), width)
+    return mask, levels, mask_bytes + (int(mask.sum()) * width + 7) // 8
+
+
+def _check_length(body: bytes, used: int) -> None:
     if len(body) != used:
         raise MessageError(f"vector message has {len(body) - used} trailing bytes")
-    return torch.from_numpy(origin + step * levels.astype(np.float64))
 
 
 def message_bits(payload: bytes) -> int:

@@ -83,7 +83,7 @@ def missing_message(path: Path) -> str:
     return f"no checkpoint at {path}: nothing to resume (run the job without --resume)"
 
 
-_ARRAYS = ("zeta", "sent", "lam", "residual")
+_ARRAYS = ("zeta", "sent", "lam", "residual", "theta")
 
 
 def _agent_json(state: dict[str, Any]) -> dict[str, Any]:
