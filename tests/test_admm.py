@@ -70,6 +70,7 @@ def test_quantized_updates_settle_on_the_exact_consensus(toy_regression) -> None
     exact = GSMPRegressor(**settings).fit(x, y)
     quant = GSMPRegressor(**settings, bits=4).fit(x, y)
     assert quant.admm_result_.converged
+    assert (quant.weights_ >= 0).all()  # the exact average, not a reconstruction below zero
     assert len(quant.admm_result_.rounds) <= 1.5 * len(exact.admm_result_.rounds)
     gap = np.abs(quant.weights_ - exact.weights_).max()
     assert gap < 1e-3 * np.abs(exact.weights_).max()

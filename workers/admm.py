@@ -5,7 +5,8 @@ Agent j holds its shard and solves, by DSCA (``gramfed.workers.sca``)::
     zeta_j = argmin_{a >= 0}  F_j(a) + lam_j'(a - theta) + rho/2 |a - theta|^2
 
 then sends ``Q(zeta_j)``. The coordinator forms ``theta = max(0, mean_j(Q(zeta_j) + lam_j/rho))``
-(the global step carries the constraint too, so the consensus kernel is always PSD),
+(the global step carries the constraint too, so the consensus kernel is always PSD; the
+result is this average itself, not its quantized broadcast),
 quantizes it and broadcasts it with rho; each agent then updates its own dual
 ``lam_j += rho (Q(zeta_j) - theta)``, which the coordinator mirrors from the same bytes, so
 duals never travel. Quantized messages are updates (``quantize.encode_update``): each carries
@@ -298,7 +299,9 @@ class ConsensusADMM:
         lam, theta_bytes, rho, rho_dual = state.lam.clone(), state.theta, state.rho, state.rho_dual
         theta, received = decode_update(theta_bytes, state.held), state.received.clone()
         result = ADMMResult(
-            weights=theta, rounds=[replace(r) for r in state.rounds], converged=state.converged
+            weights=theta.clamp_min(0.0),
+            rounds=[replace(r) for r in state.rounds],
+            converged=state.converged,
         )
         scale = math.sqrt(self.size * agents)
         for t in range(state.round + 1, opts.max_iter + 1):
@@ -329,7 +332,9 @@ class ConsensusADMM:
                 bits_sent=bits,
             )
             result.rounds.append(record)
-            result.weights = theta
+            # The weights are the exact average, not its quantized broadcast: an update's
+            # reconstruction can dip below zero by a grid step, and a kernel weight must not.
+            result.weights = average
             if on_round is not None:
                 on_round(record)
             rho_dual = rho
