@@ -81,6 +81,18 @@ def accumulate_by_label(
     }
 
 
+def class_spec(sketches: Mapping[str, Sketch]) -> tuple[list[str], SketchSpec]:
+    """The class labels and the spec every class sketch shares; fewer than two classes, or
+    sketches that do not match, are refused."""
+    if len(sketches) < 2:
+        raise ValueError("classification needs sketches of at least two classes")
+    labels = list(sketches)
+    spec = sketches[labels[0]].spec
+    for sketch in sketches.values():
+        spec.require_compatible(sketch.spec, "classify with")
+    return labels, spec
+
+
 class SketchClassifier:
     """Predicts the class whose sketch gives the highest estimated density at a query.
 
@@ -103,13 +115,7 @@ class SketchClassifier:
         rank: int | None = None,
         device: str | torch.device | None = "auto",
     ) -> None:
-        if len(sketches) < 2:
-            raise ValueError("classification needs sketches of at least two classes")
-        self.labels = list(sketches)
-        first = sketches[self.labels[0]]
-        for sketch in sketches.values():
-            first.spec.require_compatible(sketch.spec, "classify with")
-        self.spec = first.spec
+        self.labels, self.spec = class_spec(sketches)
         self.device = resolve_device(device)
         self.feature = featuriser(self.spec, self.device)
         counts = torch.tensor([sketches[c].count for c in self.labels], dtype=torch.float64)

@@ -52,6 +52,7 @@ from gramfed.workers.sketch.accumulate import (
     featuriser,
     rff_cosines,
 )
+from gramfed.workers.sketch.classify import class_spec
 from gramfed.workers.sketch.rff import RandomFourierFeatures
 from gramfed.workers.sketch.sketch import Sketch
 from gramfed.workers.sketch.spec import SketchMismatch
@@ -76,17 +77,11 @@ class SketchDiscriminant:
         floor: float = 1.0,
         device: str | torch.device | None = "auto",
     ) -> None:
-        if len(sketches) < 2:
-            raise ValueError("classification needs sketches of at least two classes")
+        self.labels, self.spec = class_spec(sketches)
         if isinstance(rank, bool) or rank < 1:
             raise ValueError(f"rank must be a positive integer, got {rank!r}")
         if not (floor > 0.0 and math.isfinite(floor)):
             raise ValueError(f"floor must be positive and finite, got {floor}")
-        self.labels = list(sketches)
-        first = sketches[self.labels[0]]
-        for sketch in sketches.values():
-            first.spec.require_compatible(sketch.spec, "classify with")
-        self.spec = first.spec
         self.device = resolve_device(device)
         feature = featuriser(self.spec, self.device)
         if not isinstance(feature, RandomFourierFeatures):
