@@ -106,7 +106,7 @@ class SketchDiscriminant:
             np.stack([sketches[c].values for c in self.labels], axis=1).astype(np.float64)
         )  # (D, C), in feature units
         means = basis @ sums / counts  # (k, C)
-        noise = torch.tensor([sketches[c].noise.variance for c in self.labels])
+        noise = torch.tensor([sketches[c].noise.variance for c in self.labels], dtype=torch.float64)
         weights = counts / counts.sum()
         centred = means - means @ weights[:, None]
         between = (centred * weights) @ centred.T
@@ -133,8 +133,10 @@ class SketchDiscriminant:
             (cosines @ self._query_map).to("cpu", torch.float64)
             for _, cosines in rff_cosines(self.feature, y, rows)
         ]
-        linear = torch.cat(parts) if parts else torch.zeros(0, len(self.labels))
-        return linear.to(torch.float64) + self.offsets
+        linear = (
+            torch.cat(parts) if parts else torch.zeros(0, len(self.labels), dtype=torch.float64)
+        )
+        return linear + self.offsets
 
     def predict(self, queries: np.ndarray | Tensor) -> np.ndarray:
         """The predicted label of each query."""
