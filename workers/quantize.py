@@ -100,9 +100,7 @@ class StochasticQuantizer:
             raise ValueError(f"reference of shape {ref.shape} for values of shape {x.shape}")
         support = x != 0
         levels, width, origin, step = self._quantize(x[support] - ref[support])
-        header = _HEADER.pack(_UPDATE, x.size, width, origin, step)
-        mask = np.packbits(support, bitorder="little").tobytes()
-        return header + mask + _pack_bits(levels, width)
+        return _pack_masked(_UPDATE, support, levels, width, origin, step)
 
     def _quantize(self, x: np.ndarray) -> tuple[np.ndarray, int, float, float]:
         """Random levels, bit width, origin and step of ``x`` on this quantizer's grid."""
@@ -132,12 +130,16 @@ def _finite(values: Tensor) -> np.ndarray:
 def _pack(levels: np.ndarray, width: int, origin: float, step: float) -> bytes:
     dense = _HEADER.pack(_DENSE, levels.size, width, origin, step) + _pack_bits(levels, width)
     nonzero = levels != 0
-    sparse = (
-        _HEADER.pack(_SPARSE, levels.size, width, origin, step)
-        + np.packbits(nonzero, bitorder="little").tobytes()
-        + _pack_bits(levels[nonzero], width)
-    )
+    sparse = _pack_masked(_SPARSE, nonzero, levels[nonzero], width, origin, step)
     return sparse if len(sparse) < len(dense) else dense
+
+
+def _pack_masked(
+    kind: int, mask: np.ndarray, levels: np.ndarray, width: int, origin: float, step: float
+) -> bytes:
+    """A SPARSE or UPDATE message: header, the bitmap ``mask``, the ``levels`` on it."""
+    header = _HEADER.pack(kind, mask.size, width, origin, step)
+    return header + np.packbits(mask, bitorder="little").tobytes() + _pack_bits(levels, width)
 
 
 def _pack_bits(levels: np.ndarray, width: int) -> bytes:
