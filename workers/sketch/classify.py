@@ -194,17 +194,23 @@ class SketchClassifier:
         return raw
 
 
-def _pseudo_solve(gram: Tensor, rhs: Tensor, rank: int | None = None) -> Tensor:
-    """``gram^+ rhs`` for a symmetric positive semi-definite ``gram`` (public rows can repeat,
-    so it can be singular), by its eigendecomposition: a few times cheaper than an SVD-based
-    least-squares solve and as exact on the range. With ``rank`` only the ``rank`` largest
-    eigenvalues are inverted: ``P' gram_k^+ P`` projects on the top ``rank`` directions."""
+def leading_eigenpairs(gram: Tensor, rank: int | None = None) -> tuple[Tensor, Tensor]:
+    """Eigenvalues (ascending) and eigenvectors of a symmetric positive semi-definite ``gram``
+    above its numerical rank (public rows can repeat, so it can be singular), the ``rank``
+    largest of them if given."""
     values, vectors = torch.linalg.eigh(gram)  # ascending
     keep = values > values.max() * gram.shape[0] * torch.finfo(gram.dtype).eps
     if rank is not None:
         keep[: max(0, gram.shape[0] - rank)] = False
-    inverse = torch.where(keep, 1.0 / values.clamp_min(torch.finfo(gram.dtype).tiny), 0.0)
-    return vectors @ (inverse[:, None] * (vectors.T @ rhs))
+    return values[keep], vectors[:, keep]
+
+
+def _pseudo_solve(gram: Tensor, rhs: Tensor, rank: int | None = None) -> Tensor:
+    """``gram^+ rhs`` by the eigendecomposition (a few times cheaper than an SVD-based
+    least-squares solve and as exact on the range). With ``rank`` only the ``rank`` largest
+    eigenvalues are inverted: ``P' gram_k^+ P`` projects on the top ``rank`` directions."""
+    values, vectors = leading_eigenpairs(gram, rank)
+    return vectors @ ((vectors.T @ rhs) / values[:, None])
 
 
 def _shared_buckets(index: Tensor, buckets: int, block_elements: int = 1 << 24) -> Tensor:

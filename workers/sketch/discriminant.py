@@ -52,7 +52,7 @@ from gramfed.workers.sketch.accumulate import (
     featuriser,
     rff_cosines,
 )
-from gramfed.workers.sketch.classify import class_spec
+from gramfed.workers.sketch.classify import class_spec, leading_eigenpairs
 from gramfed.workers.sketch.rff import RandomFourierFeatures
 from gramfed.workers.sketch.sketch import Sketch
 from gramfed.workers.sketch.spec import SketchMismatch
@@ -97,10 +97,8 @@ class SketchDiscriminant:
         if rows.shape[0] < 2:
             raise ValueError("give at least two public rows to estimate the covariance")
         p = self._features(rows)  # (m, D)
-        values, vectors = torch.linalg.eigh(p @ p.T)  # ascending
-        keep = values > values.max() * p.shape[0] * torch.finfo(torch.float64).eps
-        k = min(rank, int(keep.sum()))
-        basis = (vectors[:, -k:] / values[-k:].sqrt()).T @ p  # (k, D), orthonormal rows
+        values, vectors = leading_eigenpairs(p @ p.T, rank)
+        basis = (vectors / values.sqrt()).T @ p  # (k, D), orthonormal rows
 
         sums = torch.from_numpy(
             np.stack([sketches[c].values for c in self.labels], axis=1).astype(np.float64)
