@@ -9,10 +9,10 @@ The quadratic-form term is convex in ``a`` and ``log det`` is concave, so its ta
 ``a_k`` (slope ``g_i = tr(C_k^-1 K_i)``) gives a convex upper bound ``U(a; a_k) >= F(a)``
 that touches ``F`` at ``a_k``. DSCA minimises that bound block by block, every block from
 the same ``a_k`` (the blocks are independent and may run in parallel), each solved to
-optimality by a primal-dual interior-point method. By joint convexity of ``U``, the average of the ``S`` block
-moves decreases ``U`` and hence ``F``; a backtracking search from the full step down to
-``1/S`` therefore always finds a point with ``F(a_{k+1}) <= F(a_k)``: the objective
-decreases monotonically.
+optimality by a primal-dual interior-point method. By joint convexity of ``U``, the
+average of the ``S`` block moves decreases ``U`` and hence ``F``; a backtracking search
+from the full step down to ``1/S`` therefore always finds a point with
+``F(a_{k+1}) <= F(a_k)``: the objective decreases monotonically.
 
 The block problem ``min_{a >= lb} y'C(a)^-1 y + c'a + rho/2 |a - m|^2`` has gradient
 ``-(K_i u)'u + ...`` with ``u = C^-1 y`` and Hessian ``2 V C^-1 V' + rho I`` with rows
@@ -45,7 +45,6 @@ class SCAOptions:
     blocks: int = 4
     inner_max_iter: int = 200
     inner_tol: float = 1e-9
-    centring: float = 0.2
 
 
 @dataclass
@@ -174,12 +173,13 @@ class LocalProblem:
 
         The block problem ``min_{a >= 0} q(a) + c'a + rho/2 |a - m|^2`` with
         ``q(a) = y'C(a)^-1 y`` has the optimality conditions ``grad = s``, ``a * s = 0``,
-        ``a, s >= 0``. Each step follows the central path ``a * s = sigma mu`` (``mu`` the mean
-        complementarity) by the Newton system ``(H + S/A) da = -grad + sigma mu / a`` with
-        ``H = 2 V C^-1 V' + rho I``; the primal step backtracks on the barrier merit
-        ``f - sigma mu sum log a``, which that direction descends. ``q``'s Hessian has rank at
-        most ``n``, far below the block's size on a large grid; the barrier terms keep the
-        system well posed where a plain projected Newton method stalls at the bound.
+        ``a, s >= 0``. Each step is Mehrotra's predictor-corrector on those conditions: one
+        factorisation of ``H + S/A`` (``H = 2 V C^-1 V' + rho I``) serves the affine step,
+        which sets the centring ``sigma = (mu_aff / mu)^3``, and the corrected step; the
+        primal step backtracks on the barrier merit ``f - sigma mu sum log a``. ``q``'s
+        Hessian has rank at most ``n``, far below the block's size on a large grid; the
+        barrier terms keep the system well posed where a plain projected Newton method
+        stalls at the bound.
         """
         opts = self.options
         rho, centre = penalty.rho, penalty.theta[block]
@@ -203,12 +203,30 @@ class LocalProblem:
             ):
                 break
             z = torch.linalg.solve_triangular(chol, v.T, upper=False)
-            hess = 2.0 * (z.T @ z) + rho * eye + torch.diag(dual / a)
-            centring = opts.centring * mu / a
-            step_a = torch.linalg.solve(hess, centring - grad)
-            step_dual = centring - dual - dual / a * step_a
-            merit_slope = float((grad - centring) @ step_a)
-            merit = value - opts.centring * mu * float(torch.log(a).sum())
+            factor = torch.linalg.cholesky(2.0 * (z.T @ z) + rho * eye + torch.diag(dual / a))
+
+            def newton(rhs: Tensor, factor: Tensor = factor) -> Tensor:
+                return torch.cholesky_solve(rhs[:, None], factor)[:, 0]
+
+            affine_a = newton(-grad)
+            affine_dual = -dual - dual / a * affine_a
+            mu_affine = (
+                float(
+                    (a + _to_boundary(a, affine_a, 1.0) * affine_a)
+                    @ (dual + _to_boundary(dual, affine_dual, 1.0) * affine_dual)
+                )
+                / size
+            )
+            sigma = min(1.0, (mu_affine / mu) ** 3)
+            correction = (sigma * mu - affine_a * affine_dual) / a
+            step_a = newton(correction - grad)
+            merit_slope = float((grad - sigma * mu / a) @ step_a)
+            if merit_slope >= 0.0:  # the correction spoiled descent: plain centring step
+                correction = sigma * mu / a
+                step_a = newton(correction - grad)
+                merit_slope = float((grad - correction) @ step_a)
+            step_dual = correction - dual - dual / a * step_a
+            merit = value - sigma * mu * float(torch.log(a).sum())
             step_sum = self.gram.weighted_sum(step_a, block)
             t = _to_boundary(a, step_a)
             while t > 1e-12:
@@ -217,8 +235,8 @@ class LocalProblem:
                 cand_chol, cand_u, cand_value = self._block_value(
                     cand_sum, cand, slope, rho, centre
                 )
-                cand_merit = cand_value - opts.centring * mu * float(torch.log(cand).sum())
-                if cand_merit <= merit + 1e-4 * t * min(merit_slope, 0.0):
+                cand_merit = cand_value - sigma * mu * float(torch.log(cand).sum())
+                if cand_merit <= merit + 1e-4 * t * merit_slope:
                     break
                 t *= 0.5
             else:
@@ -235,16 +253,16 @@ class LocalProblem:
     ) -> tuple[Tensor, Tensor, float]:
         chol = _cholesky(gram_sum + self.noise_variance * self._eye)
         u = torch.cholesky_solve(self.y[:, None], chol)[:, 0]
-        value = float(self.y @ u) + float(slope @ a) + 0.5 * rho * float((a - centre).square().sum())
-        return chol, u, value
+        proximity = 0.5 * rho * float((a - centre).square().sum())
+        return chol, u, float(self.y @ u) + float(slope @ a) + proximity
 
 
-def _to_boundary(x: Tensor, step: Tensor) -> float:
-    """The longest step up to 1 that keeps ``x + t step`` inside the positive orthant (99.5%)."""
+def _to_boundary(x: Tensor, step: Tensor, fraction: float = 0.995) -> float:
+    """The longest step up to 1 keeping ``x + t step`` positive, as a fraction of the way."""
     shrinking = step < 0
     if not bool(shrinking.any()):
         return 1.0
-    return min(1.0, 0.995 * float((-x[shrinking] / step[shrinking]).min()))
+    return min(1.0, fraction * float((-x[shrinking] / step[shrinking]).min()))
 
 
 def _blocks(size: int, count: int) -> list[slice]:
