@@ -229,7 +229,7 @@ class LocalProblem:
             merit = value - sigma * mu * float(torch.log(a).sum())
             step_sum = self.gram.weighted_sum(step_a, block)
             t = _to_boundary(a, step_a)
-            while t > 1e-12:
+            while t > 1e-8:
                 cand = a + t * step_a
                 cand_sum = gram_sum + t * step_sum
                 cand_chol, cand_u, cand_value = self._block_value(
@@ -243,6 +243,8 @@ class LocalProblem:
                 break  # no progress possible at this precision: the point is optimal enough
             a, gram_sum, chol, u, value = cand, cand_sum, cand_chol, cand_u, cand_value
             dual = dual + _to_boundary(dual, step_dual) * step_dual
+            if t < 1e-6:
+                break  # crawling steps: rounding, not the problem, limits the precision
             v = self.gram.matvec(u, block)
             grad = -(v @ u) + slope + rho * (a - centre)
         # The path ends with inactive weights at about mu / s, zeros of the exact problem.
