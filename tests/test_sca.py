@@ -1,6 +1,8 @@
 import numpy as np
+import pytest
 import torch
 from conftest import dense_stack
+from scipy.optimize import minimize
 
 from gramfed.workers.gram import SubKernelGram
 from gramfed.workers.kernels.gsmp import GSMPGrid, GSMPKernel
@@ -65,41 +67,39 @@ def test_dsca_reaches_a_stationary_point(toy_regression) -> None:
     )
 
 
-def test_block_surrogate_is_solved_to_optimality(toy_regression) -> None:
+@pytest.mark.parametrize("rho", [1e-10, 0.5])
+def test_block_surrogate_is_solved_to_optimality(toy_regression, rho: float) -> None:
     """The block solve reaches the surrogate's minimum where its Hessian is rank deficient.
 
     200 weights against 48 points: ``q``'s Hessian has rank <= 48, the case in which a few
     projected Newton steps stalled far from the minimum (7,167 vs 224,276 on a 1-D series).
     """
-    from scipy.optimize import minimize
-
     problem, stack, y = _problem(toy_regression, per_dim=200)
     gen = torch.Generator().manual_seed(1)
-    for rho in (1e-10, 0.5):
-        penalty = ConsensusPenalty(
-            lam=torch.zeros(problem.size, dtype=torch.float64),
-            theta=torch.rand(problem.size, generator=gen, dtype=torch.float64),
-            rho=rho,
-        )
-        point = problem.evaluate(torch.zeros(problem.size, dtype=torch.float64), penalty)
-        slope = problem.gram.inner(torch.cholesky_inverse(point.chol))
-        ours = problem._solve_block(point, slice(None), slope, penalty)
+    penalty = ConsensusPenalty(
+        lam=torch.zeros(problem.size, dtype=torch.float64),
+        theta=torch.rand(problem.size, generator=gen, dtype=torch.float64),
+        rho=rho,
+    )
+    point = problem.evaluate(torch.zeros(problem.size, dtype=torch.float64), penalty)
+    slope = problem.gram.inner(torch.cholesky_inverse(point.chol))
+    ours = problem._solve_block(point, slice(None), slope, penalty)
 
-        def surrogate(a: np.ndarray) -> tuple[float, np.ndarray]:
-            at = torch.from_numpy(a)
-            cov = torch.tensordot(at, stack, 1) + 0.05 * torch.eye(len(y), dtype=torch.float64)
-            u = torch.linalg.solve(cov, y)
-            value = y @ u + slope @ at + 0.5 * rho * (at - penalty.theta).square().sum()
-            grad = -torch.einsum("i,aij,j->a", u, stack, u) + slope + rho * (at - penalty.theta)
-            return float(value), grad.numpy()
+    def surrogate(a: np.ndarray) -> tuple[float, np.ndarray]:
+        at = torch.from_numpy(a)
+        cov = torch.tensordot(at, stack, 1) + 0.05 * torch.eye(len(y), dtype=torch.float64)
+        u = torch.linalg.solve(cov, y)
+        value = y @ u + slope @ at + 0.5 * rho * (at - penalty.theta).square().sum()
+        grad = -torch.einsum("i,aij,j->a", u, stack, u) + slope + rho * (at - penalty.theta)
+        return float(value), grad.numpy()
 
-        best = minimize(
-            surrogate,
-            np.zeros(problem.size),
-            jac=True,
-            method="L-BFGS-B",
-            bounds=[(0.0, None)] * problem.size,
-            options={"maxiter": 20000, "maxfun": 50000, "ftol": 1e-15, "gtol": 1e-12},
-        )
-        assert bool((ours >= 0).all())
-        assert surrogate(ours.numpy())[0] <= best.fun + 1e-7 * abs(best.fun)
+    best = minimize(
+        surrogate,
+        np.zeros(problem.size),
+        jac=True,
+        method="L-BFGS-B",
+        bounds=[(0.0, None)] * problem.size,
+        options={"maxiter": 20000, "maxfun": 50000, "ftol": 1e-15, "gtol": 1e-12},
+    )
+    assert bool((ours >= 0).all())
+    assert surrogate(ours.numpy())[0] <= best.fun + 1e-7 * abs(best.fun)
