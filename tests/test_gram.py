@@ -7,35 +7,72 @@ from gramfed.workers.kernels.gsmp import GSMPGrid, GSMPKernel
 
 
 @pytest.mark.parametrize(
-    ("dims", "strategy"),
-    [(1, "spectral"), (1, "cached"), (1, "streamed"), (3, "cached"), (3, "streamed")],
+    ("dims", "strategy", "compressed"),
+    [
+        (1, "spectral", False),
+        (1, "spectral", True),
+        (1, "cached", False),
+        (1, "streamed", False),
+        (3, "spectral", False),
+        (3, "spectral", True),
+        (3, "cached", True),
+        (3, "streamed", False),
+    ],
 )
-def test_reductions_equal_dense_formula(dims: int, strategy: str) -> None:
+def test_reductions_equal_dense_formula(dims: int, strategy: str, compressed: bool) -> None:
     gen = torch.Generator().manual_seed(dims)
-    grid = GSMPGrid.default(dims, per_dim=9, scale=0.05)
+    # compressed 1-D blocks need more features than points to have a basis that pays
+    grid = GSMPGrid.default(dims, per_dim=60 if compressed and dims == 1 else 9, scale=0.05)
     x = 8 * torch.rand(30, dims, generator=gen, dtype=torch.float64)
     stack = dense_stack(grid, x, x)
     # tile_bytes forces several row tiles in the streamed strategy
     gram = SubKernelGram(GSMPKernel(grid), x, GramOptions(strategy=strategy, tile_bytes=1 << 15))
+    half = grid.num_components // 2
+    if compressed:  # two solver blocks: selections inside, across and outside them
+        gram.compress(slice(2, half))
+        gram.compress(slice(half, grid.num_components - 2))
+        if strategy == "spectral":
+            assert gram._spectral is not None and len(gram._spectral._bases) == 2
     w = torch.rand(grid.num_components, generator=gen, dtype=torch.float64)
     mat = torch.randn(30, 30, generator=gen, dtype=torch.float64)
     u = torch.randn(30, generator=gen, dtype=torch.float64)
-    part = slice(4, 19)
-    torch.testing.assert_close(
-        gram.weighted_sum(w[part], part), torch.tensordot(w[part], stack[part], 1)
-    )
-    torch.testing.assert_close(gram.inner(mat, part), (stack[part] * mat).sum((1, 2)))
-    torch.testing.assert_close(gram.matvec(u, part), stack[part] @ u)
+    # contiguous blocks, scattered indices (the solver's free sets), and empty selections
+    scattered = torch.tensor([0, 3, 4, grid.num_components - 1])
+    inside = torch.arange(3, half)
+    for part in (slice(4, 19), slice(None), scattered, inside, scattered[:0], slice(5, 5)):
+        torch.testing.assert_close(
+            gram.weighted_sum(w[part], part), torch.tensordot(w[part], stack[part], 1)
+        )
+        torch.testing.assert_close(gram.inner(mat, part), (stack[part] * mat).sum((1, 2)))
+        torch.testing.assert_close(gram.matvec(u, part), stack[part] @ u)
 
 
-def test_auto_strategy_respects_memory_budget() -> None:
-    grid = GSMPGrid.default(2, per_dim=5)
-    x = torch.rand(20, 2, dtype=torch.float64)
-    assert SubKernelGram(GSMPKernel(grid), x).strategy == "cached"
+def test_auto_strategy_respects_dimension_and_memory_budget() -> None:
+    x = torch.rand(20, 5, dtype=torch.float64)
+    for dims in (1, 4):  # up to 2^4 features a sub-kernel: matrix products with the features
+        grid = GSMPGrid.default(dims, per_dim=5)
+        assert SubKernelGram(GSMPKernel(grid), x[:, :dims]).strategy == "spectral"
+    five = GSMPGrid.default(5, per_dim=5)
+    assert SubKernelGram(GSMPKernel(five), x).strategy == "cached"
     small = GramOptions(memory_budget=1000)
-    assert SubKernelGram(GSMPKernel(grid), x, small).strategy == "streamed"
-    one_d = GSMPGrid.default(1, per_dim=5)
-    assert SubKernelGram(GSMPKernel(one_d), x[:, :1]).strategy == "spectral"
+    assert SubKernelGram(GSMPKernel(five), x, small).strategy == "streamed"
+    two = GSMPGrid.default(2, per_dim=5)  # 20 x 10 x 4 features of 8 bytes > 1000
+    assert SubKernelGram(GSMPKernel(two), x[:, :2], small).strategy == "streamed"
+    own_scales = GSMPGrid(two.means, two.scales * torch.linspace(1, 2, 10)[:, None])
+    assert SubKernelGram(GSMPKernel(own_scales), x[:, :2]).strategy == "cached"
+    with pytest.raises(ValueError, match="shared scales"):
+        SubKernelGram(GSMPKernel(own_scales), x[:, :2], GramOptions(strategy="spectral"))
+
+
+def test_bad_component_selections_are_refused() -> None:
+    grid = GSMPGrid.default(2, per_dim=3)
+    gram = SubKernelGram(GSMPKernel(grid), torch.rand(6, 2, dtype=torch.float64))
+    u = torch.ones(6, dtype=torch.float64)
+    for bad in (torch.tensor([2, 1]), torch.tensor([0, 6]), torch.tensor([-1, 2])):
+        with pytest.raises(ValueError, match="sorted, distinct"):
+            gram.matvec(u, bad)
+    with pytest.raises(ValueError, match="contiguous"):
+        gram.matvec(u, slice(0, 6, 2))
 
 
 def test_kernel_forward_is_weighted_sum_of_sub_kernels() -> None:
@@ -81,7 +118,8 @@ def test_noise_augmented_stack_appends_the_identity() -> None:
     u = torch.randn(12, generator=gen, dtype=torch.float64)
     last = gram.num_components - 1
     # a block that straddles the kernels and the identity, one of kernels only, the identity alone
-    for part in (slice(3, None), slice(0, 5), slice(last, None)):
+    scattered = torch.tensor([1, 4, last])
+    for part in (slice(3, None), slice(0, 5), slice(last, None), scattered, scattered[:2]):
         torch.testing.assert_close(
             gram.weighted_sum(w[part], part), torch.tensordot(w[part], stack[part], 1)
         )

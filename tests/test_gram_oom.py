@@ -4,16 +4,11 @@ import pytest
 import torch
 from torch import Tensor
 
-from gramfed.workers.gram import (
-    GramOptions,
-    SubKernelGram,
-    TileMemoryError,
-    is_out_of_memory,
-    simulated_memory_limit,
-)
+from gramfed.workers.gram import GramOptions, SubKernelGram
 from gramfed.workers.kernels.gsmp import GSMPGrid, GSMPKernel
 from gramfed.workers.kernels.rbf import RBFARDKernel
 from gramfed.workers.pooled import KernelOperator, PooledGP, PooledOptions
+from gramfed.workers.tiling import TileMemoryError, is_out_of_memory, simulated_memory_limit
 
 GRID = GSMPGrid.default(2, per_dim=4, scale=0.05)
 ROW_TILE = GRID.num_components * 40 * 8  # bytes of one row of the (A, rows, 40) stack tile
@@ -39,6 +34,23 @@ def test_streamed_tiles_shrink_and_give_the_same_reductions() -> None:
         got = reductions(gram)
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_spectral_feature_chunks_shrink_and_give_the_same_reductions() -> None:
+    options = GramOptions(strategy="spectral", tile_bytes=1 << 30)  # one chunk of all 8
+    expected = reductions(SubKernelGram(GSMPKernel(GRID), inputs(), options))
+    gram = SubKernelGram(GSMPKernel(GRID), inputs(), options)
+    component_bytes = 2 * 40 * 2**GRID.dims * 8  # a component's features, product and result
+    with simulated_memory_limit(3 * component_bytes):  # 8 components do not fit, 2 do
+        got = reductions(gram)
+    assert gram._spectral is not None and gram._spectral._max_chunk == 2
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    with (
+        simulated_memory_limit(component_bytes // 2),
+        pytest.raises(TileMemoryError, match=r"out of memory on cpu .* of 1 components"),
+    ):
+        gram.inner(torch.eye(40, dtype=torch.float64))
 
 
 def test_a_cached_stack_that_does_not_fit_falls_back_to_streaming() -> None:

@@ -83,7 +83,7 @@ def test_block_surrogate_is_solved_to_optimality(toy_regression, rho: float) -> 
     )
     point = problem.evaluate(torch.zeros(problem.size, dtype=torch.float64), penalty)
     slope = problem.gram.inner(torch.cholesky_inverse(point.chol))
-    ours = problem._solve_block(point, slice(None), slope, penalty)
+    ours = problem._solve_block(point, slice(0, problem.size), slope, penalty)
 
     def surrogate(a: np.ndarray) -> tuple[float, np.ndarray]:
         at = torch.from_numpy(a)

@@ -8,9 +8,11 @@ The solver never needs the stack itself, only three reductions of it:
 
 ``GramOptions`` picks how they run, Falkon-style, from one memory budget:
 
-* ``spectral`` (P = 1, shared scales): cos(a - b) = cos a cos b + sin a sin b makes every
-  reduction two matrix products with the (n, A) cos/sin feature matrices and the shared
-  exp envelope; nothing of size A n^2 is ever formed.
+* ``spectral`` (shared scales, P <= 4): every sub-kernel is ``E o (F_i F_i')`` with
+  ``F_i`` its ``(n, 2^P)`` cos/sin product features and ``E`` the exp envelope they share,
+  so each reduction is matrix products with the features and nothing of size A n^2 is ever
+  formed (``workers.spectral``). A product costs 2^(P+1) A n^2 flops against the A n^2
+  values a cached stack reads, so past P = 4 the cached or streamed stack is cheaper.
 * ``cached``: the stack fits the budget, so it is built once, tile by tile, and each
   reduction is a matrix-vector product over it.
 * ``streamed``: row tiles of the stack are recomputed for every reduction and reduced
@@ -23,10 +25,7 @@ to streaming. Rows already reduced are kept, so the results equal the normal pat
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,96 +33,15 @@ import torch
 from torch import Tensor
 
 from gramfed.workers.device import resolve_device
-from gramfed.workers.kernels.base import differences
-from gramfed.workers.kernels.gsmp import TWO_PI, GSMPKernel
+from gramfed.workers.kernels.gsmp import GSMPKernel
+from gramfed.workers.selection import Components, count, normalise
+from gramfed.workers.spectral import SpectralStack
+from gramfed.workers.tiling import is_out_of_memory, reserve, tiled_rows
 
 Strategy = Literal["auto", "spectral", "cached", "streamed"]
 
-
-# -- out-of-memory fallback -------------------------------------------------------------------
-class TileMemoryError(MemoryError):
-    """A Gram tile does not fit on its device even at the smallest tile allowed."""
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """CUDA's ``OutOfMemoryError``, ``MemoryError``, or a failure of torch's CPU allocator.
-
-    The CPU allocator raises a plain ``RuntimeError`` naming itself, so the message decides.
-    A ``TileMemoryError`` is final: it already went through the fallback.
-    """
-    if isinstance(exc, TileMemoryError):
-        return False
-    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
-
-
-# Test seam: CPU machines have no device memory limit to run into, so tests impose one.
-_simulated_limit: ContextVar[int | None] = ContextVar("gramfed_simulated_limit", default=None)
-
-
-@contextmanager
-def simulated_memory_limit(nbytes: int) -> Iterator[None]:
-    """Within the block, tile and stack allocations above ``nbytes`` fail as on a full device.
-
-    Only allocations announced through ``reserve`` are checked; every tile of this module
-    and of ``workers.pooled`` announces itself there.
-    """
-    token = _simulated_limit.set(nbytes)
-    try:
-        yield
-    finally:
-        _simulated_limit.reset(token)
-
-
-def reserve(nbytes: int, device: torch.device) -> None:
-    """Announce an allocation of ``nbytes``; raises out-of-memory under a simulated limit."""
-    limit = _simulated_limit.get()
-    if limit is not None and nbytes > limit:
-        raise torch.OutOfMemoryError(
-            f"simulated limit: {nbytes} bytes requested on {device}, {limit} allowed"
-        )
-
-
-def tiled_rows(
-    total: int,
-    tile_rows: int,
-    body: Callable[[slice], None],
-    *,
-    device: torch.device,
-    row_bytes: int,
-    min_rows: int = 1,
-) -> int:
-    """Call ``body`` on consecutive row slices of ``range(total)``; return the rows that held.
-
-    A slice that runs out of memory is retried at half the rows, down to ``min_rows``, where
-    a ``TileMemoryError`` names the device and the tile size. ``body`` must write its output
-    only after the tile is computed, so a failed attempt leaves nothing half-done and the
-    rows before it are kept.
-    """
-    start = 0
-    while start < total:
-        rows = slice(start, min(start + tile_rows, total))
-        try:
-            body(rows)
-        except Exception as exc:
-            if not is_out_of_memory(exc):
-                raise
-            if tile_rows <= min_rows:
-                size = rows.stop - rows.start
-                raise TileMemoryError(
-                    f"out of memory on {device} for a Gram tile of {size} rows "
-                    f"({size * row_bytes / 2**20:.1f} MiB), already at the floor of {min_rows} "
-                    "rows; free memory on the device, or use a smaller column tile or dtype"
-                ) from exc
-            tile_rows = max(min_rows, tile_rows // 2)
-        else:
-            start = rows.stop
-            continue
-        # Outside the handler, so the failed tile's frames are released before emptying.
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    return tile_rows
+# 2^P features per sub-kernel: beyond this many input dimensions "auto" never picks "spectral".
+SPECTRAL_MAX_DIMS = 4
 
 
 @dataclass(frozen=True)
@@ -161,14 +79,10 @@ class SubKernelGram:
         self.num_components = self.grid.num_components
         self.strategy = self._choose_strategy()
         self._stack: Tensor | None = None
+        self._spectral: SpectralStack | None = None
         self._max_tile_rows = self.n  # lowered for good when a tile runs out of memory
         if self.strategy == "spectral":
-            angles = TWO_PI * self.x[:, :1] * self.grid.means[:, 0][None, :]  # (n, A)
-            self._cos, self._sin = torch.cos(angles), torch.sin(angles)
-            tau = differences(self.x, self.x)[..., 0]
-            self._envelope = torch.exp(
-                -2.0 * math.pi**2 * tau.square() * self.grid.scales[0, 0] ** 2
-            )
+            self._spectral = SpectralStack(self.x, self.grid, self.options.tile_bytes)
         elif self.strategy == "cached":
             try:
                 self._stack = self._build_stack()
@@ -183,21 +97,24 @@ class SubKernelGram:
 
     def _choose_strategy(self) -> Strategy:
         wanted = self.options.strategy
-        spectral_ok = self.grid.dims == 1 and self.grid.shared_scales
+        spectral_ok = self.grid.shared_scales
         if wanted == "spectral" and not spectral_ok:
-            raise ValueError("the spectral strategy needs 1-D inputs and shared scales")
+            raise ValueError("the spectral strategy needs sub-kernels with shared scales")
         if wanted != "auto":
             return wanted
-        if spectral_ok:
+        if (
+            spectral_ok
+            and self.grid.dims <= SPECTRAL_MAX_DIMS
+            and SpectralStack.nbytes(self.n, self.grid) <= self.options.memory_budget
+        ):
             return "spectral"
         return "cached" if self._stack_bytes() <= self.options.memory_budget else "streamed"
 
-    def _row_bytes(self, components: slice) -> int:
+    def _row_bytes(self, components: Components) -> int:
         """Peak bytes of one tile row: the (A_sel, n) slice and its (n, P + 2) temporaries."""
-        count = len(range(*components.indices(self.num_components)))
-        return max(1, count * self.n * 8 * (self.grid.dims + 2))
+        return max(1, count(components) * self.n * 8 * (self.grid.dims + 2))
 
-    def _each_tile(self, components: slice, body: Callable[[slice], None]) -> None:
+    def _each_tile(self, components: Components, body: Callable[[slice], None]) -> None:
         """Run ``body`` over row tiles within ``tile_bytes``, shrinking them on out-of-memory."""
         row_bytes = self._row_bytes(components)
         rows = max(1, min(self._max_tile_rows, self.options.tile_bytes // row_bytes))
@@ -210,9 +127,8 @@ class SubKernelGram:
             min_rows=self.options.min_tile_rows,
         )
 
-    def _tile(self, rows: slice, components: slice) -> Tensor:
-        count = len(range(*components.indices(self.num_components)))
-        reserve(count * (rows.stop - rows.start) * self.n * 8, self.device)
+    def _tile(self, rows: slice, components: Components) -> Tensor:
+        reserve(count(components) * (rows.stop - rows.start) * self.n * 8, self.device)
         return self.kernel.sub_kernels(self.x[rows], self.x, components)
 
     def _build_stack(self) -> Tensor:
@@ -228,14 +144,25 @@ class SubKernelGram:
         self._each_tile(everything, fill)
         return stack
 
+    def compress(self, block: slice) -> None:
+        """Prepare for many reductions over components in ``block`` (a solver's block).
+
+        In the spectral strategy this keeps a basis of the block's features where they span
+        fewer dimensions than their columns (``SpectralStack.compress``); the other
+        strategies have nothing to prepare.
+        """
+        if self._spectral is not None:
+            self._spectral.compress(normalise(block, self.num_components, self.device))
+
     # -- reductions ---------------------------------------------------------------------------
-    def weighted_sum(self, weights: Tensor, components: slice = slice(None)) -> Tensor:
+    def weighted_sum(self, weights: Tensor, components: Components = slice(None)) -> Tensor:
         """sum_i w_i K_i over the selected components (w has one entry per selected one)."""
-        components = _normalise(components, self.num_components)
+        components = normalise(components, self.num_components, self.device)
         w = weights.to(self.device, torch.float64)
-        if self.strategy == "spectral":
-            c, s = self._cos[:, components], self._sin[:, components]
-            return self._envelope * ((c * w) @ c.T + (s * w) @ s.T)
+        if not count(components):
+            return torch.zeros(self.n, self.n, dtype=torch.float64, device=self.device)
+        if self._spectral is not None:
+            return self._spectral.weighted_sum(w, components)
         if self._stack is not None:
             stack = self._stack[components]
             flat = w.to(stack.dtype) @ stack.reshape(stack.shape[0], -1)
@@ -248,24 +175,20 @@ class SubKernelGram:
         self._each_tile(components, reduce)
         return out
 
-    def inner(self, matrix: Tensor, components: slice = slice(None)) -> Tensor:
+    def inner(self, matrix: Tensor, components: Components = slice(None)) -> Tensor:
         """<W, K_i> for every selected component."""
-        components = _normalise(components, self.num_components)
+        components = normalise(components, self.num_components, self.device)
         w = matrix.to(self.device, torch.float64)
-        if self.strategy == "spectral":
-            m = w * self._envelope
-            c, s = self._cos[:, components], self._sin[:, components]
-            return (c * (m @ c)).sum(0) + (s * (m @ s)).sum(0)
+        if not count(components):
+            return torch.zeros(0, dtype=torch.float64, device=self.device)
+        if self._spectral is not None:
+            return self._spectral.inner(w, components)
         if self._stack is not None:
             stack = self._stack[components]
             return (stack.reshape(stack.shape[0], -1) @ w.reshape(-1).to(stack.dtype)).to(
                 torch.float64
             )
-        out = torch.zeros(
-            len(range(*components.indices(self.num_components))),
-            dtype=torch.float64,
-            device=self.device,
-        )
+        out = torch.zeros(count(components), dtype=torch.float64, device=self.device)
 
         def reduce(rows: slice) -> None:
             out.add_(torch.einsum("iab,ab->i", self._tile(rows, components), w[rows]))
@@ -273,32 +196,23 @@ class SubKernelGram:
         self._each_tile(components, reduce)
         return out
 
-    def matvec(self, vector: Tensor, components: slice = slice(None)) -> Tensor:
+    def matvec(self, vector: Tensor, components: Components = slice(None)) -> Tensor:
         """K_i u for every selected component, shape (A_sel, n)."""
-        components = _normalise(components, self.num_components)
+        components = normalise(components, self.num_components, self.device)
         u = vector.to(self.device, torch.float64)
-        if self.strategy == "spectral":
-            c, s = self._cos[:, components], self._sin[:, components]
-            return (
-                c * (self._envelope @ (c * u[:, None])) + s * (self._envelope @ (s * u[:, None]))
-            ).T
+        if not count(components):
+            return torch.zeros(0, self.n, dtype=torch.float64, device=self.device)
+        if self._spectral is not None:
+            return self._spectral.matvec(u, components)
         if self._stack is not None:
             return (self._stack[components] @ u.to(self._stack.dtype)).to(torch.float64)
-        count = len(range(*components.indices(self.num_components)))
-        out = torch.empty(count, self.n, dtype=torch.float64, device=self.device)
+        out = torch.empty(count(components), self.n, dtype=torch.float64, device=self.device)
 
         def reduce(rows: slice) -> None:
             out[:, rows] = self._tile(rows, components) @ u
 
         self._each_tile(components, reduce)
         return out
-
-
-def _normalise(components: slice, total: int) -> slice:
-    start, stop, step = components.indices(total)
-    if step != 1:
-        raise ValueError("component selections must be contiguous slices")
-    return slice(start, stop)
 
 
 class NoiseAugmentedGram:
@@ -316,36 +230,41 @@ class NoiseAugmentedGram:
         self.n = gram.n
         self.num_components = gram.num_components + 1
 
-    def _split(self, components: slice) -> tuple[slice, bool]:
-        selected = _normalise(components, self.num_components)
+    def _split(self, components: Components) -> tuple[Components, bool]:
+        """The selected sub-kernels and whether the identity (component ``A``) is selected."""
+        selected = normalise(components, self.num_components, self.device)
         kernels = self.gram.num_components
-        return slice(min(selected.start, kernels), min(selected.stop, kernels)), (
-            selected.start <= kernels < selected.stop
-        )
+        if isinstance(selected, slice):
+            return slice(min(selected.start, kernels), min(selected.stop, kernels)), (
+                selected.start <= kernels < selected.stop
+            )
+        return selected[selected < kernels], bool(selected.numel()) and int(selected[-1]) == kernels
 
-    def weighted_sum(self, weights: Tensor, components: slice = slice(None)) -> Tensor:
+    def compress(self, block: slice) -> None:
+        kernels, _ = self._split(block)
+        if count(kernels):
+            self.gram.compress(kernels)
+
+    def weighted_sum(self, weights: Tensor, components: Components = slice(None)) -> Tensor:
         kernels, identity = self._split(components)
         w = weights.to(self.device, torch.float64)
-        count = kernels.stop - kernels.start
-        if count:
-            out = self.gram.weighted_sum(w[:count], kernels)
-        else:
-            out = torch.zeros(self.n, self.n, dtype=torch.float64, device=self.device)
+        kernel_count = count(kernels)
+        out = self.gram.weighted_sum(w[:kernel_count], kernels)
         if identity:
-            out = out + w[count] * torch.eye(self.n, dtype=torch.float64, device=self.device)
+            out.diagonal().add_(w[kernel_count])
         return out
 
-    def inner(self, matrix: Tensor, components: slice = slice(None)) -> Tensor:
+    def inner(self, matrix: Tensor, components: Components = slice(None)) -> Tensor:
         kernels, identity = self._split(components)
-        parts = [self.gram.inner(matrix, kernels)] if kernels.stop > kernels.start else []
+        parts = [self.gram.inner(matrix, kernels)]
         if identity:
             parts.append(torch.trace(matrix.to(self.device, torch.float64))[None])
         return torch.cat(parts)
 
-    def matvec(self, vector: Tensor, components: slice = slice(None)) -> Tensor:
+    def matvec(self, vector: Tensor, components: Components = slice(None)) -> Tensor:
         kernels, identity = self._split(components)
         u = vector.to(self.device, torch.float64)
-        parts = [self.gram.matvec(u, kernels)] if kernels.stop > kernels.start else []
+        parts = [self.gram.matvec(u, kernels)]
         if identity:
             parts.append(u[None, :])
         return torch.cat(parts)

@@ -31,9 +31,10 @@ import torch
 from torch import Tensor
 
 from gramfed.workers.device import resolve_device
-from gramfed.workers.gram import reserve, tiled_rows
 from gramfed.workers.kernels.base import Kernel
+from gramfed.workers.pivoted import pivoted_cholesky
 from gramfed.workers.posterior import Prediction
+from gramfed.workers.tiling import reserve, tiled_rows
 
 IterationHook = Callable[[int, float], None]  # (matrix products so far, largest residual)
 
@@ -328,20 +329,12 @@ class PivotedCholesky:
     def build(
         cls, tiles: TiledKernel, x: Tensor, noise_variance: float, rank: int
     ) -> PivotedCholesky:
-        n = x.shape[0]
-        rank = min(rank, n)
-        residual = tiles.kernel.diag(x).to(torch.float64).clone()
-        factor = torch.zeros(n, rank, dtype=torch.float64, device=x.device)
-        floor = 1e-12 * float(residual.max())
-        for i in range(rank):
-            pivot = int(residual.argmax())
-            if float(residual[pivot]) <= floor:  # K is numerically of rank i
-                factor = factor[:, :i]
-                break
-            row = tiles.evaluate(x[pivot : pivot + 1], x)[0]
-            column = (row - factor[:, :i] @ factor[pivot, :i]) / residual[pivot].sqrt()
-            factor[:, i] = column
-            residual = (residual - column.square()).clamp_min(0.0)
+        factor = pivoted_cholesky(
+            tiles.kernel.diag(x),
+            lambda pivot: tiles.evaluate(x[pivot : pivot + 1], x)[0],
+            rank,
+            tolerance=1e-12,
+        )
         return cls(factor, noise_variance)
 
     def solve(self, r: Tensor) -> Tensor:

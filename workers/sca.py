@@ -99,7 +99,8 @@ class LocalProblem:
         self.noise_variance = float(noise_variance)
         self.options = options or SCAOptions()
         self.size = gram.num_components
-        self._eye = torch.eye(gram.n, dtype=torch.float64, device=gram.device)
+        for block in _blocks(self.size, self.options.blocks):
+            gram.compress(block)
 
     # -- objective --------------------------------------------------------------------------
     def evaluate(
@@ -107,7 +108,7 @@ class LocalProblem:
     ) -> Evaluation:
         if gram_sum is None:
             gram_sum = self.gram.weighted_sum(weights)
-        chol = _cholesky(gram_sum + self.noise_variance * self._eye)
+        chol = _cholesky(gram_sum, self.noise_variance)
         alpha_y = torch.cholesky_solve(self.y[:, None], chol)[:, 0]
         value = float(self.y @ alpha_y) + 2.0 * float(torch.log(torch.diagonal(chol)).sum())
         return Evaluation(weights, gram_sum, chol, alpha_y, value + penalty.value(weights))
@@ -157,7 +158,7 @@ class LocalProblem:
             trial = self.evaluate(
                 (point.weights + step * direction).clamp_min(0.0),
                 penalty,
-                point.gram_sum + step * step_sum,
+                torch.add(point.gram_sum, step_sum, alpha=step),
             )
             if trial.value <= point.value:
                 return trial
@@ -169,9 +170,50 @@ class LocalProblem:
     def _solve_block(
         self, point: Evaluation, block: slice, slope: Tensor, penalty: ConsensusPenalty
     ) -> Tensor:
-        """Primal-dual interior point on the convex block surrogate, solved to optimality.
+        """The block surrogate's minimiser, by interior point on its free weights only.
 
-        The block problem ``min_{a >= 0} q(a) + c'a + rho/2 |a - m|^2`` with
+        A weight that is zero at ``a_k`` with a non-negative gradient there (the surrogate
+        is tangent to F at ``a_k``, so this is F's gradient) is left out: most of a sparse
+        grid is, and the interior-point steps then cost reductions over the free weights
+        alone. The left-out weights are checked at the free weights' optimum; any with a
+        negative gradient there joins them and the block is solved again, so the result
+        meets the whole block's optimality conditions.
+        """
+        start = point.weights[block]
+        positions = torch.arange(self.size, device=start.device)[block]
+        target, u, free = start.clone(), point.alpha_y, start > 0
+        tolerance: float | None = None  # None: not solved yet, any descent direction joins
+        while True:
+            resting = torch.nonzero(~free).ravel()
+            grad = (
+                -(self.gram.matvec(u, positions[resting]) @ u)
+                + slope[resting]
+                - penalty.rho * penalty.theta[positions[resting]]
+            )
+            joining = resting[grad < -(tolerance or 0.0)]
+            if tolerance is not None and joining.numel() == 0:
+                return target
+            free[joining] = True
+            if not bool(free.any()):
+                return target  # every weight at zero, none with a descent direction
+            target[free], u, value = self._interior_point(
+                point, positions[free], target[free], slope[free], penalty
+            )
+            tolerance = self.options.inner_tol * max(1.0, abs(value))
+
+    def _interior_point(
+        self,
+        point: Evaluation,
+        chosen: Tensor,
+        initial: Tensor,
+        slope: Tensor,
+        penalty: ConsensusPenalty,
+    ) -> tuple[Tensor, Tensor, float]:
+        """Primal-dual interior point on the convex surrogate over the weights ``chosen``,
+        the block's other weights held at zero; returns the minimiser, ``C^-1 y`` there and
+        the surrogate's value.
+
+        The problem ``min_{a >= 0} q(a) + c'a + rho/2 |a - m|^2`` with
         ``q(a) = y'C(a)^-1 y`` has the optimality conditions ``grad = s``, ``a * s = 0``,
         ``a, s >= 0``. Each step is Mehrotra's predictor-corrector on those conditions: one
         factorisation of ``H + S/A`` (``H = 2 V C^-1 V' + rho I``) serves the affine step,
@@ -182,16 +224,15 @@ class LocalProblem:
         stalls at the bound.
         """
         opts = self.options
-        rho, centre = penalty.rho, penalty.theta[block]
+        rho, centre = penalty.rho, penalty.theta[chosen]
         size = slope.numel()
         eye = torch.eye(size, dtype=torch.float64, device=slope.device)
         # k_i(x, x) = 1, so y'y / n is about the weights' total: the interior offset's scale.
         offset = 1e-3 * float(self.y @ self.y) / self.gram.n / size
-        start = point.weights[block]
-        a = start.clamp_min(offset)
-        gram_sum = point.gram_sum + self.gram.weighted_sum(a - start, block)
+        a = initial.clamp_min(offset)
+        gram_sum = self.gram.weighted_sum(a - point.weights[chosen], chosen).add_(point.gram_sum)
         chol, u, value = self._block_value(gram_sum, a, slope, rho, centre)
-        v = self.gram.matvec(u, block)
+        v = self.gram.matvec(u, chosen)
         grad = -(v @ u) + slope + rho * (a - centre)
         dual = torch.maximum(grad, 1e-3 * max(1.0, abs(value)) / size / a).clamp_min(1e-12)
         for _ in range(opts.inner_max_iter):
@@ -225,13 +266,15 @@ class LocalProblem:
                 correction = sigma * mu / a
                 step_a = newton(correction - grad)
                 merit_slope = float((grad - correction) @ step_a)
+            if -merit_slope <= 1e-13 * scale:
+                break  # a full step would lower the merit by less than its rounding
             step_dual = correction - dual - dual / a * step_a
             merit = value - sigma * mu * float(torch.log(a).sum())
-            step_sum = self.gram.weighted_sum(step_a, block)
+            step_sum = self.gram.weighted_sum(step_a, chosen)
             t = _to_boundary(a, step_a)
             while t > 1e-8:
                 cand = a + t * step_a
-                cand_sum = gram_sum + t * step_sum
+                cand_sum = torch.add(gram_sum, step_sum, alpha=t)
                 cand_chol, cand_u, cand_value = self._block_value(
                     cand_sum, cand, slope, rho, centre
                 )
@@ -245,15 +288,15 @@ class LocalProblem:
             dual = dual + _to_boundary(dual, step_dual) * step_dual
             if t < 1e-6:
                 break  # crawling steps: rounding, not the problem, limits the precision
-            v = self.gram.matvec(u, block)
+            v = self.gram.matvec(u, chosen)
             grad = -(v @ u) + slope + rho * (a - centre)
         # The path ends with inactive weights at about mu / s, zeros of the exact problem.
-        return torch.where(a <= 1e-6 * offset, torch.zeros_like(a), a)
+        return torch.where(a <= 1e-6 * offset, torch.zeros_like(a), a), u, value
 
     def _block_value(
         self, gram_sum: Tensor, a: Tensor, slope: Tensor, rho: float, centre: Tensor
     ) -> tuple[Tensor, Tensor, float]:
-        chol = _cholesky(gram_sum + self.noise_variance * self._eye)
+        chol = _cholesky(gram_sum, self.noise_variance)
         u = torch.cholesky_solve(self.y[:, None], chol)[:, 0]
         proximity = 0.5 * rho * float((a - centre).square().sum())
         return chol, u, float(self.y @ u) + float(slope @ a) + proximity
@@ -273,7 +316,10 @@ def _blocks(size: int, count: int) -> list[slice]:
     return [slice(edges[i], edges[i + 1]) for i in range(count)]
 
 
-def _cholesky(matrix: Tensor) -> Tensor:
+def _cholesky(gram_sum: Tensor, noise_variance: float) -> Tensor:
+    """The Cholesky factor of ``gram_sum + noise_variance I``."""
+    matrix = gram_sum.clone()
+    matrix.diagonal().add_(noise_variance)
     chol, info = torch.linalg.cholesky_ex(matrix)
     if int(info) != 0:
         raise FloatingPointError(
