@@ -75,11 +75,12 @@ def test_bad_component_selections_are_refused() -> None:
         gram.matvec(u, slice(0, 6, 2))
 
 
-def test_kernel_forward_is_weighted_sum_of_sub_kernels() -> None:
-    grid = GSMPGrid.default(2, per_dim=4, scale=0.1)
+@pytest.mark.parametrize("dims", [2, 5])  # product form of cos/sin features; formed tiles
+def test_kernel_forward_is_weighted_sum_of_sub_kernels(dims: int) -> None:
+    grid = GSMPGrid.default(dims, per_dim=4, scale=0.1)
     w = torch.zeros(grid.num_components, dtype=torch.float64)
     w[[1, 5, 6]] = torch.tensor([0.5, 2.0, 1.0], dtype=torch.float64)
-    x1, x2 = torch.rand(7, 2, dtype=torch.float64), torch.rand(5, 2, dtype=torch.float64)
+    x1, x2 = 3 * torch.rand(7, dims, dtype=torch.float64), torch.rand(5, dims, dtype=torch.float64)
     expected = torch.tensordot(w, dense_stack(grid, x1, x2), 1)
     torch.testing.assert_close(GSMPKernel(grid, w)(x1, x2), expected)
 

@@ -33,15 +33,12 @@ import torch
 from torch import Tensor
 
 from gramfed.workers.device import resolve_device
-from gramfed.workers.kernels.gsmp import GSMPKernel
+from gramfed.workers.kernels.gsmp import PRODUCT_FORM_MAX_DIMS, GSMPKernel
 from gramfed.workers.selection import Components, count, normalise
 from gramfed.workers.spectral import SpectralStack
 from gramfed.workers.tiling import is_out_of_memory, reserve, tiled_rows
 
 Strategy = Literal["auto", "spectral", "cached", "streamed"]
-
-# 2^P features per sub-kernel: beyond this many input dimensions "auto" never picks "spectral".
-SPECTRAL_MAX_DIMS = 4
 
 
 @dataclass(frozen=True)
@@ -104,7 +101,7 @@ class SubKernelGram:
             return wanted
         if (
             spectral_ok
-            and self.grid.dims <= SPECTRAL_MAX_DIMS
+            and self.grid.dims <= PRODUCT_FORM_MAX_DIMS
             and SpectralStack.nbytes(self.n, self.grid) <= self.options.memory_budget
         ):
             return "spectral"

@@ -24,14 +24,13 @@ Two compressions, both exact to rounding, cut the cost further:
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from gramfed.workers.kernels.gsmp import TWO_PI, GSMPGrid
+from gramfed.workers.kernels.gsmp import GSMPGrid, product_features, shared_envelope
 from gramfed.workers.pivoted import pivoted_cholesky
 from gramfed.workers.selection import Components, count, shift, within
 from gramfed.workers.tiling import reserve, tiled_rows
@@ -40,28 +39,6 @@ from gramfed.workers.tiling import reserve, tiled_rows
 ENVELOPE_TOLERANCE = 1e-14
 # Singular values of a block's features below this fraction of the largest are rounding.
 BASIS_TOLERANCE = 1e-13
-
-
-def product_features(x: Tensor, grid: GSMPGrid) -> Tensor:
-    """``(n, A, 2^P)``: for sub-kernel i, every product over p of cos or sin(2 pi mu_ip x_p).
-
-    Feature ``b`` takes sin in dimension p where bit p of b is set.
-    """
-    angles = TWO_PI * x[:, None, :] * grid.means[None, :, :]  # (n, A, P)
-    cos, sin = torch.cos(angles), torch.sin(angles)
-    features = torch.stack([cos[..., 0], sin[..., 0]], dim=-1)
-    for p in range(1, grid.dims):
-        pair = torch.stack([cos[..., p], sin[..., p]], dim=-1)
-        features = (pair[..., :, None] * features[..., None, :]).reshape(*cos.shape[:2], -1)
-    return features
-
-
-def shared_envelope(x: Tensor, scales: Tensor) -> Tensor:
-    """``prod_p exp(-2 pi^2 tau_p^2 v_p^2)`` over all pairs, one dimension at a time (n, n)."""
-    exponent = torch.zeros(x.shape[0], x.shape[0], dtype=x.dtype, device=x.device)
-    for p in range(x.shape[1]):
-        exponent.add_((x[:, None, p] - x[None, :, p]).square_(), alpha=float(scales[p]) ** 2)
-    return exponent.mul_(-2.0 * math.pi**2).exp_()
 
 
 def envelope_factor(envelope: Tensor) -> Tensor | None:
@@ -112,7 +89,7 @@ class SpectralStack:
     def __init__(self, x: Tensor, grid: GSMPGrid, tile_bytes: int) -> None:
         self.n, self.width = int(x.shape[0]), 2**grid.dims
         self.features = product_features(x, grid)
-        self.envelope = shared_envelope(x, grid.scales[0])
+        self.envelope = shared_envelope(x, x, grid.scales[0])
         self.envelope_factor = envelope_factor(self.envelope)
         self.tile_bytes = tile_bytes
         self.device = x.device

@@ -20,6 +20,8 @@ from torch import Tensor
 from gramfed.workers.kernels.base import Kernel, differences
 
 TWO_PI = 2.0 * math.pi
+# Up to 2^P = 16 cos/sin features a sub-kernel, products of features beat forming sub-kernels.
+PRODUCT_FORM_MAX_DIMS = 4
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,14 @@ class GSMPKernel(Kernel):
     def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
         w = self.weights.to(x1)
         active = torch.nonzero(w).ravel()  # sparse weights: only active components are formed
+        if self.grid.shared_scales and self.grid.dims <= PRODUCT_FORM_MAX_DIMS:
+            # E o (F1 diag(w) F2'): the active sub-kernels' cos/sin features, one envelope
+            active_grid = GSMPGrid(self.grid.means[active], self.grid.scales[active])
+            f1 = product_features(x1, active_grid.to(x1.device, x1.dtype))
+            f2 = product_features(x2, active_grid.to(x2.device, x2.dtype))
+            scaled = (f1 * w[active][None, :, None]).reshape(x1.shape[0], -1)
+            out = scaled @ f2.reshape(x2.shape[0], -1).T
+            return out.mul_(shared_envelope(x1, x2, self.grid.scales[0].to(x1)))
         out = torch.zeros(x1.shape[0], x2.shape[0], dtype=x1.dtype, device=x1.device)
         for chunk in active.split(64):
             out += torch.tensordot(w[chunk], self.sub_kernels(x1, x2, chunk), dims=1)
@@ -130,3 +140,27 @@ class GSMPKernel(Kernel):
 
     def diag(self, x: Tensor) -> Tensor:
         return torch.full((x.shape[0],), float(self.weights.sum()), dtype=x.dtype, device=x.device)
+
+
+def product_features(x: Tensor, grid: GSMPGrid) -> Tensor:
+    """``(n, A, 2^P)``: for sub-kernel i, every product over p of cos or sin(2 pi mu_ip x_p).
+
+    Then ``prod_p cos(2 pi mu_ip (x_p - x'_p)) = f_i(x)' f_i(x')``, one cos/sin identity a
+    dimension. Feature ``b`` takes sin in dimension p where bit p of b is set.
+    """
+    angles = TWO_PI * x[:, None, :] * grid.means[None, :, :]  # (n, A, P)
+    cos, sin = torch.cos(angles), torch.sin(angles)
+    features = torch.stack([cos[..., 0], sin[..., 0]], dim=-1)
+    for p in range(1, grid.dims):
+        pair = torch.stack([cos[..., p], sin[..., p]], dim=-1)
+        features = (pair[..., :, None] * features[..., None, :]).reshape(*cos.shape[:2], -1)
+    return features
+
+
+def shared_envelope(x1: Tensor, x2: Tensor, scales: Tensor) -> Tensor:
+    """``prod_p exp(-2 pi^2 tau_p^2 v_p^2)`` for scales ``v`` (P,) shared by all sub-kernels,
+    over all pairs (n1, n2), one dimension at a time (never the (n1, n2, P) differences)."""
+    exponent = torch.zeros(x1.shape[0], x2.shape[0], dtype=x1.dtype, device=x1.device)
+    for p in range(x1.shape[1]):
+        exponent.add_((x1[:, None, p] - x2[None, :, p]).square_(), alpha=float(scales[p]) ** 2)
+    return exponent.mul_(-2.0 * math.pi**2).exp_()
