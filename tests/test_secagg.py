@@ -117,9 +117,12 @@ def test_one_masked_vector_looks_uniform() -> None:
     values = {n: np.full(20_000, 5, dtype=np.int64) for n in NAMES}  # a constant input
     spec, clients, _ = _round(values, bits=32)
     y = clients["p2"].masked(values["p2"]).astype(np.float64) / 2**spec.bits
-    assert stats.kstest(y, "uniform").pvalue > 1e-3
+    # Key pairs are fresh each run, so this test cannot be seeded; at 1e-6 a false alarm
+    # is negligible, while a biased mask (a pairwise mask missing, a short PRG stream)
+    # drives both p-values to zero at this sample size.
+    assert stats.kstest(y, "uniform").pvalue > 1e-6
     counts = np.bincount((y * 64).astype(int), minlength=64)
-    assert stats.chisquare(counts).pvalue > 1e-3
+    assert stats.chisquare(counts).pvalue > 1e-6
 
 
 def test_bad_parameters_are_refused() -> None:
