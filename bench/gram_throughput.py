@@ -11,6 +11,8 @@ Every case computes one product with a vector, so each kernel entry is formed an
   sub-kernels times u, tile by tile; an entry is one sub-kernel value, A n^2 in all.
 - ``gsmp/dense``: the GSMP formula one sub-kernel at a time on the full (n, n, P) differences,
   ``prod_p exp(-2 pi^2 tau_p^2 v^2) cos(2 pi mu_p tau_p) @ u``.
+- ``gsmp/product`` (d <= 4): ``SubKernelGram.matvec`` in product form (the ADMM worker's
+  strategy there): matrix products with the 2^d cos/sin features and the shared envelope.
 
 The best of ``--repeats`` timed runs (after one warm-up) is reported. One JSON object per case
 on stdout (and appended to ``--out``), a table on stderr. CUDA is used when asked for and
@@ -33,7 +35,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from gramfed.workers.gram import GramOptions, SubKernelGram
-from gramfed.workers.kernels.gsmp import GSMPGrid, GSMPKernel
+from gramfed.workers.kernels.gsmp import PRODUCT_FORM_MAX_DIMS, GSMPGrid, GSMPKernel
 from gramfed.workers.kernels.rbf import RBFARDKernel
 from gramfed.workers.pooled import PooledOptions, TiledKernel
 
@@ -89,12 +91,18 @@ def cases(args: argparse.Namespace, device: torch.device) -> dict[str, tuple[Cal
         return out
 
     square = args.n * args.n
-    return {
+    found = {
         "rbf/tiled": (lambda: tiles.matmul(x, x, v), square),
         "rbf/dense": (rbf_dense, square),
         "gsmp/tiled": (lambda: stream.matvec(v[:, 0]), grid.num_components * square),
         "gsmp/dense": (gsmp_dense, grid.num_components * square),
     }
+    if args.d <= PRODUCT_FORM_MAX_DIMS:
+        product = SubKernelGram(
+            GSMPKernel(grid), x, GramOptions(device=str(device), strategy="spectral")
+        )
+        found["gsmp/product"] = (lambda: product.matvec(v[:, 0]), grid.num_components * square)
+    return found
 
 
 def main() -> None:
@@ -120,7 +128,8 @@ def main() -> None:
         console=console,
         transient=True,
     ) as progress:
-        task = progress.add_task("throughput", total=4 * len(names))
+        per_device = 4 + int(args.d <= PRODUCT_FORM_MAX_DIMS)
+        task = progress.add_task("throughput", total=per_device * len(names))
         for name in names:
             device = torch.device(name)
             for case, (run, entries) in cases(args, device).items():
