@@ -36,10 +36,12 @@ def test_reductions_equal_dense_formula(dims: int, strategy: str, compressed: bo
     w = torch.rand(grid.num_components, generator=gen, dtype=torch.float64)
     mat = torch.randn(30, 30, generator=gen, dtype=torch.float64)
     u = torch.randn(30, generator=gen, dtype=torch.float64)
-    # contiguous blocks, scattered indices (the solver's free sets), and empty selections
+    # contiguous blocks, scattered indices (the solver's free sets), every other index (read
+    # through its covering slice when cached), and empty selections
     scattered = torch.tensor([0, 3, 4, grid.num_components - 1])
     inside = torch.arange(3, half)
-    for part in (slice(4, 19), slice(None), scattered, inside, scattered[:0], slice(5, 5)):
+    parts = (slice(4, 19), slice(None), scattered, inside, inside[::2], scattered[:0], slice(5, 5))
+    for part in parts:
         torch.testing.assert_close(
             gram.weighted_sum(w[part], part), torch.tensordot(w[part], stack[part], 1)
         )

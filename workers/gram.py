@@ -124,6 +124,23 @@ class SubKernelGram:
             min_rows=self.options.min_tile_rows,
         )
 
+    def _stored(self, components: Components) -> tuple[Tensor, Tensor | None]:
+        """The cached sub-kernels to reduce for ``components``, and the selected ones'
+        positions among them (None: all of them).
+
+        A slice is a view. Index selections are read through the slice that covers them when
+        they fill a third of it or more: copying the selected kernels out writes them and
+        reads them twice, against one read of the covering ones (a solver's resting weights
+        are most of its block). Sparser selections are copied.
+        """
+        assert self._stack is not None
+        if isinstance(components, slice):
+            return self._stack[components], None
+        first, last = int(components[0]), int(components[-1])
+        if 3 * components.numel() >= last + 1 - first:
+            return self._stack[first : last + 1], components - first
+        return self._stack[components], None
+
     def _tile(self, rows: slice, components: Components) -> Tensor:
         reserve(count(components) * (rows.stop - rows.start) * self.n * 8, self.device)
         return self.kernel.sub_kernels(self.x[rows], self.x, components)
@@ -161,7 +178,11 @@ class SubKernelGram:
         if self._spectral is not None:
             return self._spectral.weighted_sum(w, components)
         if self._stack is not None:
-            stack = self._stack[components]
+            stack, positions = self._stored(components)
+            if positions is not None:
+                w = torch.zeros(stack.shape[0], dtype=w.dtype, device=w.device).index_copy_(
+                    0, positions, w
+                )
             flat = w.to(stack.dtype) @ stack.reshape(stack.shape[0], -1)
             return flat.reshape(self.n, self.n).to(torch.float64)
         out = torch.empty(self.n, self.n, dtype=torch.float64, device=self.device)
@@ -181,10 +202,9 @@ class SubKernelGram:
         if self._spectral is not None:
             return self._spectral.inner(w, components)
         if self._stack is not None:
-            stack = self._stack[components]
-            return (stack.reshape(stack.shape[0], -1) @ w.reshape(-1).to(stack.dtype)).to(
-                torch.float64
-            )
+            stack, positions = self._stored(components)
+            out = stack.reshape(stack.shape[0], -1) @ w.reshape(-1).to(stack.dtype)
+            return (out if positions is None else out[positions]).to(torch.float64)
         out = torch.zeros(count(components), dtype=torch.float64, device=self.device)
 
         def reduce(rows: slice) -> None:
@@ -202,7 +222,9 @@ class SubKernelGram:
         if self._spectral is not None:
             return self._spectral.matvec(u, components)
         if self._stack is not None:
-            return (self._stack[components] @ u.to(self._stack.dtype)).to(torch.float64)
+            stack, positions = self._stored(components)
+            out = stack @ u.to(stack.dtype)
+            return (out if positions is None else out[positions]).to(torch.float64)
         out = torch.empty(count(components), self.n, dtype=torch.float64, device=self.device)
 
         def reduce(rows: slice) -> None:
