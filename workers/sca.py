@@ -304,10 +304,9 @@ class LocalProblem:
 
 def _to_boundary(x: Tensor, step: Tensor, fraction: float = 0.995) -> float:
     """The longest step up to 1 keeping ``x + t step`` positive, as a fraction of the way."""
-    shrinking = step < 0
-    if not bool(shrinking.any()):
-        return 1.0
-    return min(1.0, fraction * float((-x[shrinking] / step[shrinking]).min()))
+    # x / step < 0 exactly where the step shrinks x (x > 0); one reduction, one sync
+    nearest = float(torch.where(step < 0, x / step, -math.inf).max())
+    return min(1.0, -fraction * nearest)
 
 
 def _blocks(size: int, count: int) -> list[slice]:
