@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> None:
                 cache: dict[SketchSpec, SketchSums] = {}
                 for k in projections:
                     spec = SketchSpec(
-                        "gaussian", d, seed=1, bandwidth=math.sqrt(d), features=1, projection_dim=k
+                        "gaussian", d, seed=1, bandwidth=math.sqrt(d), features=2, projection_dim=k
                     )
                     exact = exact_kde(exact_kernel(spec), x, queries, device=args.device)
                     for eps in args.epsilon:

@@ -39,9 +39,10 @@ def breakdown(engine: SketchQuery, queries: np.ndarray) -> dict[str, float]:
     y = torch.as_tensor(queries, dtype=torch.float32, device=engine.device)
     rows = chunk_rows(engine.spec, QUERY_CHUNK_BYTES)
     block = torch.empty(min(rows, len(y)), engine.spec.features, device=engine.device)
+    half = engine.spec.features // 2
     steps = {
-        "addmm (W y + b)": lambda c, b: torch.addmm(feature.phases, c, feature.weights, out=b),
-        "cos": lambda c, b: torch.cos_(b),
+        "mm (W y)": lambda c, b: torch.mm(c, feature.weights, out=b[:, :half]),
+        "cos and sin": lambda c, b: (torch.sin(b[:, :half], out=b[:, half:]), b[:, :half].cos_()),
         "product with the sums": lambda c, b: b @ engine.values,
         "norms for the bound": lambda c, b: torch.linalg.vector_norm(b, dim=1),
     }

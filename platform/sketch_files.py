@@ -1,10 +1,14 @@
 """Sketch files: protobuf messages (``protos/sketch.proto``) with a magic string and checksum.
 
-A file is a ``SketchFile``: magic ``gramfed-sketch``, version 1, the serialised ``SketchSet``
-and its SHA-256. A protobuf parser accepts many truncated or altered byte strings as some
-valid message, so the checksum is what makes corruption detectable; loading then rebuilds every
-sketch through the same validation as a fresh one (known kernel, consistent sizes, finite
-values, released) and refuses anything else with a one-line ``SketchFileError``.
+A file is a ``SketchFile``: magic ``gramfed-sketch``, version 2, the serialised ``SketchSet``
+and its SHA-256. Version 2 sketches' random Fourier features are cos/sin pairs
+(``gramfed.workers.sketch.rff``); version 1 files, whose features had random phases, are refused
+rather than read with features they were not built with.
+
+A protobuf parser accepts many truncated or altered byte strings as some valid message, so the
+checksum is what makes corruption detectable; loading then rebuilds every sketch through the
+same validation as a fresh one (known kernel, consistent sizes, finite values, released) and
+refuses anything else with a one-line ``SketchFileError``.
 
 Only released sketches (with ledger provenance) are written: an unreleased one holds exact
 sums of private data.
@@ -27,7 +31,7 @@ from gramfed.workers.sketch.sketch import NoiseProfile, Provenance, Sketch
 from gramfed.workers.sketch.spec import SketchSpec
 
 MAGIC = "gramfed-sketch"
-VERSION = 1
+VERSION = 2
 PathLike = str | os.PathLike[str]
 
 

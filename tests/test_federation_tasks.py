@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from gramfed.platform.sketchspec import Points
 from gramfed.privacy import fixedpoint, keys
 from gramfed.protos import federation_pb2 as pb
 from gramfed.workers.sketch.classify import accumulate_by_label
+from gramfed.workers.sketch.rff import L2_SENSITIVITY as RFF_SENSITIVITY
 
 CLASSES = {
     "job": {"kind": "sketch_build", "name": "classes"},
@@ -56,10 +56,10 @@ def test_class_sketch_vectors_sum_to_the_pooled_class_sums(tmp_path: Path) -> No
 def test_sensitivities_include_the_rounding(tmp_path: Path) -> None:
     rff = entry(tmp_path, CLASSES).load().description
     m, e = tasks.rules(rff).dim, tasks.rules(rff).exponent
-    bound = fixedpoint.l2_units(math.sqrt(3), e, m)
+    bound = fixedpoint.l2_units(RFF_SENSITIVITY, e, m)
     assert tasks.rules(rff).mechanism.sensitivity == pytest.approx(float(bound))
     # the grid keeps the rounding term within 1/64 to 1/32 of the scaled sensitivity
-    assert fixedpoint.ceil_sqrt(m) <= 2 * (math.sqrt(3) / 2.0**e) / tasks.ROUNDING_SHARE
+    assert fixedpoint.ceil_sqrt(m) <= 2 * (RFF_SENSITIVITY / 2.0**e) / tasks.ROUNDING_SHARE
     lsh = {**CLASSES, "sketch": {"kernel": "l2", "bandwidth": 1.0, "repetitions": 8,
                                  "hashes": 2, "buckets": 16}}  # fmt: skip
     lsh["data"] = {"path": "unused.npz"}

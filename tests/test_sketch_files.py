@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from gramfed.platform.sketch_files import (
+    VERSION,
     SketchFileError,
     decode,
     encode,
@@ -87,7 +88,7 @@ def test_corrupted_and_truncated_files_are_refused(gate: Gate, tmp_path: Path) -
         load_sketches(tmp_path / "missing.gfs")
 
 
-def _reframe(msg: pb.Sketch, version: int = 1) -> bytes:
+def _reframe(msg: pb.Sketch, version: int = VERSION) -> bytes:
     """A file whose checksum is right but whose content is whatever ``msg`` says."""
     payload = pb.SketchSet(sketches=[msg]).SerializeToString()
     return pb.SketchFile(
@@ -123,8 +124,10 @@ def test_inconsistent_contents_are_refused_even_with_a_valid_checksum(gate: Gate
     for msg, why in cases:
         with pytest.raises(SketchFileError, match=why):
             decode(_reframe(msg), "f.gfs")
-    with pytest.raises(SketchFileError, match="version 2 is not supported"):
-        decode(_reframe(original, version=2), "f.gfs")
+    # version 1 files hold random-phase features, not the cos/sin pairs sketches use now
+    for other in (1, VERSION + 1):
+        with pytest.raises(SketchFileError, match=f"version {other} is not supported"):
+            decode(_reframe(original, version=other), "f.gfs")
 
 
 def test_generated_module_is_in_sync_with_the_proto(tmp_path: Path) -> None:

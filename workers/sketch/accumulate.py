@@ -79,7 +79,7 @@ def chunk_rows(spec: SketchSpec, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
 def rff_cosines(
     feature: RandomFourierFeatures, inputs: Tensor, rows: int
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """(chunk, ``cos(W chunk + b)``) for successive chunks of ``rows`` inputs, float32.
+    """(chunk, ``[cos(W chunk), sin(W chunk)]``) for successive chunks of ``rows`` inputs, float32.
 
     The cosines share one buffer, allocated once: each block is valid until the next one.
     """
@@ -89,7 +89,7 @@ def rff_cosines(
     )
     for start in range(0, inputs.shape[0], rows):
         chunk = inputs[start : start + rows].to(device, torch.float32)
-        yield chunk, feature.cosines(chunk, out=buffer[: chunk.shape[0]])
+        yield chunk, feature.unscaled(chunk, out=buffer[: chunk.shape[0]])
 
 
 def accumulate(

@@ -133,7 +133,7 @@ class SketchClassifier:
         if public is not None:
             stacked = self._public_span(as_inputs(public, self.spec), stacked, rank)
         if isinstance(self.feature, RandomFourierFeatures):
-            # phi(y)' S = cos(W y + b)' (scale S): the scale goes into the sums once.
+            # phi(y)' S = [cos, sin](W y)' (scale S): the scale goes into the sums once.
             stacked = stacked * self.feature.scale
             dtype = torch.float32
         else:

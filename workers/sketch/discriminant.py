@@ -115,7 +115,7 @@ class SketchDiscriminant:
         precision = (within_vectors / within_values.clamp_min(lowest)) @ within_vectors.T
         self.coefficients = precision @ means  # (k, C)
         self.offsets = -0.5 * (means * self.coefficients).sum(0) + weights.log()
-        # Queries go straight from cosines to scores: phi(y) = scale cos(W y + b).
+        # Queries go straight from cosines and sines to scores: phi(y) = scale [cos, sin](W y).
         self._query_map = (basis.T * feature.scale @ self.coefficients).to(
             self.device, torch.float32
         )

@@ -11,14 +11,15 @@ Estimates of ``f(y) = (1/n) sum_i k(x_i, y)``:
 Error bound (``error_bound``), pointwise in y, holding with probability ``confidence`` over the
 sketch's random features and noise (union bound over three events):
 
-* approximation, failure beta/2 (Hoeffding over the D features or R repetitions, which are
-  independent): each RFF term ``2 cos(w'y + b) mean_i cos(w'x_i + b)`` lies in [-2, 2], so
-  ``|phi(y)'S/n - f(y)| <= sqrt(8 log(4/beta) / D)``; each RACE term lies in [0, 1], so
+* approximation, failure beta/2 (Hoeffding over the D / 2 frequencies or R repetitions, which
+  are independent): each RFF pair's term ``mean_i cos(w_p'(y - x_i))`` lies in [-1, 1], so
+  ``|phi(y)'S/n - f(y)| <= sqrt(4 log(4/beta) / D)``; each RACE term lies in [0, 1], so
   ``|c - E c| <= sqrt(log(4/beta) / (2 R))``;
 * numerator noise eta = phi(y)'N (RFF) or (1/R) sum of R count noises (LSH), failure beta/4,
   from the noise profile's tails;
-* count noise e, failure beta/4. With A the noise-free ratio (|A| <= 2 for RFF, <= 1 for LSH),
-  ``|est - A| = |eta - e A| / n~ <= (t_eta + |A|max t_e) / (n~ - t_e)``.
+* count noise e, failure beta/4. With A the noise-free ratio (|A| <= 1 for both; for RFF
+  ``|phi(y)'S| <= |phi(y)| |S| <= n``), ``|est - A| = |eta - e A| / n~ <= (t_eta + t_e) /
+  (n~ - t_e)``.
 
 The LSH bound is divided by (1 - 1/W) when the bias correction applies.
 
@@ -27,20 +28,22 @@ RFF bound adds a deterministic term for the query's rounding, which makes it a b
 exact-arithmetic estimate's error as well (u = 2^-24, ``gamma_k = k u / (1 - k u)``, any
 summation order; Higham, *Accuracy and Stability of Numerical Algorithms*, 3.1):
 
-* arguments ``z_j = w_j'P'y + b_j`` (P the optional projection, else I) computed from the float64
-  query rounded to float32: ``|dz_j| <= gamma_K (|b|_max + omega |y|_2 |P|_F)``, with omega the
+* arguments ``z_j = w_j'P'y`` (P the optional projection, else I) computed from the float64
+  query rounded to float32: ``|dz_j| <= gamma_K omega |y|_2 |P|_F``, with omega the
   largest column norm of W and K = projected dim + input dim + 5 (the query's rounding, the
   projection's and the frequencies' inner products, and the float32 parameters against their
   float64 draws);
-* cosines: float32 ``cos`` is within 2 ulp (<= 4u here) of the cosine of its argument, and cos
-  is 1-Lipschitz, so ``|dc_j| <= dz + 4u`` (``tests/test_sketch.py`` checks the library's cos);
+* cosines and sines: float32 ``cos`` and ``sin`` are within 2 ulp (<= 4u here) of the exact
+  values at their argument, and both are 1-Lipschitz, so ``|dc_j| <= dz + 4u``
+  (``tests/test_sketch.py`` checks the library's);
 * the dot product with the float32 sums v: ``|d raw| <= |v|_1 (gamma_D + dc + 2u)``, which the
   bound adds after dividing by n~; the cosines' norm used for the noise tail is inflated by
   ``gamma_D`` and ``sqrt(D) dc``.
 
-Since |v|_1 / n~ is at most 2 plus the noise's share (|phi_j| <= sqrt(2 / D)), the term is at
-most about 2 (gamma_D + dc), 5e-4 for D = 4,096 near the data, against an approximation term of
-0.09; it grows with |y|, as float32 arguments lose absolute precision far from the origin.
+Since |v|_1 / n~ is at most sqrt(2) plus the noise's share (|phi(x)|_1 <= sqrt(D) and the
+scale is sqrt(2 / D)), the term is at most about sqrt(2) (gamma_D + dc), 4e-4 for D = 4,096 near
+the data, against an approximation term of 0.065; it grows with |y|, as float32 arguments lose
+absolute precision far from the origin.
 The build's own float32 rounding is part of the released sums and is not in this term: it
 depends on the private records' norms, which the sketch does not state.
 """
@@ -87,7 +90,7 @@ class SketchQuery:
                 " estimates at this noise level"
             )
         if isinstance(self.feature, RandomFourierFeatures):
-            # phi(y)' S = cos(W y + b)' (scale S): the scale goes into the sums once.
+            # phi(y)' S = [cos, sin](W y)' (scale S): the scale goes into the sums once.
             scaled = sketch.values * self.feature.scale
             self.values = torch.tensor(scaled, dtype=torch.float32, device=self.device)
             self._values_l1 = float(self.values.abs().sum(dtype=torch.float64))
@@ -124,7 +127,7 @@ class SketchQuery:
         return self._normalise(raw), self._rff_bound(raw, l2, linf, y.norm(dim=1), beta)
 
     def _rff_scan(self, y: Tensor, *, norms: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """``cos(W y + b)' (scale S~)`` of every query, float64 on the CPU, and with ``norms``
+        """``[cos, sin](W y)' (scale S~)`` of every query, float64 on the CPU, and with ``norms``
         the cosines' L2 norms and, when the noise has a sub-exponential part (Laplace; it
         multiplies them), their largest absolute values. Blocks of queries small enough for
         their cosines to stay in cache between the products that write and read them."""
@@ -172,13 +175,13 @@ class SketchQuery:
         gamma_d = _gamma(spec.features)
         l2 = l2 * (1.0 + gamma_d) + math.sqrt(spec.features) * dc
         linf = 0.0 if linf is None else linf + dc
-        approx = math.sqrt(8.0 * math.log(4.0 / beta) / spec.features)
+        approx = math.sqrt(4.0 * math.log(4.0 / beta) / spec.features)
         t_eta = self.sketch.noise.tail(l2 * scale, linf * scale, beta / 4)
         rounding = self._values_l1 * (gamma_d + dc + 2.0 * UNIT_ROUNDOFF) / n
-        return approx + (t_eta + 2.0 * t_count) / (n - t_count) + rounding
+        return approx + (t_eta + t_count) / (n - t_count) + rounding
 
     def _cosine_error(self, y_norm: Tensor) -> Tensor:
-        """Bound on |float32 cos(W y + b) - exact| per query, from the query norms |y|_2."""
+        """Bound on the float32 cosines' and sines' error per query, from the norms |y|_2."""
         feature = self.feature
         assert isinstance(feature, RandomFourierFeatures)
         omega = float(torch.linalg.vector_norm(feature.weights.double(), dim=0).max())
@@ -186,8 +189,7 @@ class SketchQuery:
         if feature.projection is not None:
             reach = reach * float(torch.linalg.matrix_norm(feature.projection.double()))
         terms = self.spec.featurised_dim + self.spec.input_dim + 5
-        phase = float(feature.phases.abs().max())
-        return _gamma(terms) * (phase + reach) + COS_ULPS * UNIT_ROUNDOFF
+        return _gamma(terms) * reach + COS_ULPS * UNIT_ROUNDOFF
 
     def _lsh_bound(self, beta: float, m: int) -> Tensor:
         noise, spec, n = self.sketch.noise, self.spec, self.sketch.count

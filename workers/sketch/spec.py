@@ -35,7 +35,8 @@ class SketchMismatch(ValueError):
 class SketchSpec:
     """The public description of a sketch.
 
-    ``features`` is the number of random Fourier features D (``gaussian``); ``repetitions`` R,
+    ``features`` is the number of random Fourier features D (``gaussian``; even: D / 2
+    frequencies, each a cos/sin pair); ``repetitions`` R,
     ``hashes`` K per repetition and ``buckets`` W per repetition describe an LSH sketch (the
     other kernels). ``projection_dim`` k, if set, maps inputs by a seeded Gaussian random
     projection R^d -> R^k before featurisation.
@@ -70,6 +71,10 @@ class SketchSpec:
             _positive("projection_dim", self.projection_dim)
         if self.is_rff:
             _positive("features", self.features)
+            if self.features % 2:
+                raise ValueError(
+                    f"features must be even (cos/sin pairs of frequencies), got {self.features}"
+                )
             if self.repetitions or self.hashes or self.buckets:
                 raise ValueError(
                     "repetitions, hashes and buckets describe LSH sketches; a gaussian (RFF)"
