@@ -8,8 +8,9 @@ Data: n points from a standard normal in d dimensions (public synthetic data), q
 same distribution, Gaussian kernel with bandwidth sqrt(d) (a public rule for standardised data).
 The exact KDE is computed from Gram tiles of the RBF kernel (``gramfed.workers.kernels``). Both
 sketches use the same D random features and the same exact sums; they differ only in the
-mechanism: ours is the Gaussian mechanism (L2 sensitivity sqrt(3), rho-zCDP at the (epsilon,
-delta) target), theirs the Laplace mechanism (L1 sensitivity sqrt(2 D) + 1, pure epsilon). Both
+mechanism: ours is the Gaussian mechanism (L2 sensitivity sqrt(2 + 2^-20), rho-zCDP at the
+(epsilon, delta) target), theirs the Laplace mechanism (L1 sensitivity sqrt(D) (1 + 2^-21) + 1,
+pure epsilon), both on the cos/sin feature pairs (``gramfed.workers.sketch.rff``). Both
 are released through a privacy gate on a scratch ledger with the system's cryptographic noise,
 ``--repeats`` times per cell for each of ``--seeds`` feature seeds, each release with its
 antithetic mirror (errors averaged; see ``cell_errors``). Both
@@ -21,8 +22,9 @@ happen to cancel. "noise MAE" is the error against the same sketch without noise
 mechanism's share alone, which the shared feature error can hide in the totals.
 
 ``--laplace-rule`` gives the Laplace construction its own D per cell, from public parameters
-only: its noise variance per query grows like 4 D / (epsilon n)^2 while the feature error's
-shrinks like 1 / D, so D = epsilon n / 2 (a power of two in [64, --features]) balances them.
+only: its noise variance per query grows like 2 D / (epsilon n)^2 while the feature error's
+shrinks like 1 / D, so D = epsilon n / sqrt(2) (a power of two in [64, --features]) balances
+them.
 Ours keeps ``--features``: the Gaussian release's noise does not grow with D. For d = 128, a
 row with a random projection to 32 dimensions shows its effect. Prints Markdown.
 """
@@ -89,7 +91,7 @@ def verdict(ours: float, theirs: float) -> str:
 
 def laplace_features(n: int, epsilon: float, cap: int) -> int:
     """The Laplace construction's D for a cell (see the module docstring): public n, epsilon."""
-    balanced = max(64.0, epsilon * n / 2.0)
+    balanced = max(64.0, epsilon * n / math.sqrt(2.0))
     return int(min(cap, 2 ** round(math.log2(balanced))))
 
 
