@@ -2,6 +2,7 @@
 
 import math
 from collections.abc import Iterator
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -411,18 +412,20 @@ def three_classes(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndar
     return centres[np.repeat([0, 1, 2], n)] + rng.standard_normal((3 * n, 3)), y
 
 
+@pytest.mark.parametrize("features", [512, 64])  # more features than the 120 public rows, fewer
 def test_gaussian_class_densities_are_lda_in_the_public_coordinates(
-    rng: np.random.Generator,
+    rng: np.random.Generator, features: int
 ) -> None:
+    spec = replace(GAUSSIAN, features=features)
     x, y = three_classes(rng, 200)
     public, _ = three_classes(rng, 40)
-    sums = accumulate_by_label(GAUSSIAN, x, y, ["a", "b", "c"], device="cpu")
+    sums = accumulate_by_label(spec, x, y, ["a", "b", "c"], device="cpu")
     model = SketchDiscriminant(
         {c: noiseless(s) for c, s in sums.items()}, public=public, rank=8, floor=0.5, device="cpu"
     )
     # The same rule computed row by row: each training row's coordinates in the public span,
     # class means of those, the public covariance less the between-class one, floored.
-    feature = rff.RandomFourierFeatures(GAUSSIAN, torch.device("cpu"))
+    feature = rff.RandomFourierFeatures(spec, torch.device("cpu"))
     phi = feature(torch.as_tensor(x, dtype=torch.float32)).double().numpy()
     p = feature(torch.as_tensor(public, dtype=torch.float32)).double().numpy()
     values, vectors = np.linalg.eigh(p @ p.T)

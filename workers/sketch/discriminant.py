@@ -9,7 +9,9 @@ function, while its mean and the shared covariance are a few well-determined num
 Coordinates. Public rows (never private ones) give the features ``P`` (m, D) and
 ``G = P P' = U L U'``. With the k leading eigenpairs, ``c(x) = L_k^-1/2 U_k' P phi(x)`` maps a
 feature vector to k orthonormal coordinates of the public span: the rows of
-``B = L_k^-1/2 U_k' P`` are orthonormal in R^D (``B B' = I``).
+``B = L_k^-1/2 U_k' P`` are orthonormal in R^D (``B B' = I``). They are the leading
+eigenvectors of ``P' P`` (P's right singular vectors), which is the smaller matrix to decompose
+when D < m.
 
 Class means. A class's released sums are ``S~_c = S_c + xi_c`` with ``xi_c ~ N(0, s^2 I_D)``
 in feature units (``s^2`` the sketch's stated per-coordinate noise variance), so
@@ -97,8 +99,11 @@ class SketchDiscriminant:
         if rows.shape[0] < 2:
             raise ValueError("give at least two public rows to estimate the covariance")
         p = self._features(rows)  # (m, D)
-        values, vectors = leading_eigenpairs(p @ p.T, rank)
-        basis = (vectors / values.sqrt()).T @ p  # (k, D), orthonormal rows
+        if p.shape[1] < p.shape[0]:  # the same directions from the smaller Gram matrix
+            basis = leading_eigenpairs(p.T @ p, rank)[1].T
+        else:
+            values, vectors = leading_eigenpairs(p @ p.T, rank)
+            basis = (vectors / values.sqrt()).T @ p  # (k, D), orthonormal rows
 
         sums = torch.from_numpy(
             np.stack([sketches[c].values for c in self.labels], axis=1).astype(np.float64)
