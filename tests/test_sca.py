@@ -6,7 +6,7 @@ from scipy.optimize import minimize
 
 from gramfed.workers.gram import SubKernelGram
 from gramfed.workers.kernels.gsmp import GSMPGrid, GSMPKernel
-from gramfed.workers.sca import ConsensusPenalty, LocalProblem, SCAOptions
+from gramfed.workers.sca import ConsensusPenalty, LocalProblem, SCAOptions, _centring
 
 
 def _problem(toy_regression, dims: int = 1, per_dim: int = 40):
@@ -103,3 +103,10 @@ def test_block_surrogate_is_solved_to_optimality(toy_regression, rho: float) -> 
     )
     assert bool((ours >= 0).all())
     assert surrogate(ours.numpy())[0] <= best.fun + 1e-7 * abs(best.fun)
+
+
+def test_centring_survives_duals_that_underflowed() -> None:
+    """mu = 0 (every dual underflowed) means no centring, not a division by zero."""
+    assert _centring(0.0, 0.0) == 0.0
+    assert _centring(1e-3, 1e-2) == pytest.approx(1e-3)
+    assert _centring(2.0, 1.0) == 1.0
