@@ -3,7 +3,7 @@
     .venv/bin/python bench/sketch_speed.py [--n 1000000] [--features 4096] [--queries 100000]
         [--threads T]
 
-Times the exact accumulation (chunked float32 matmul + cos in a reused buffer, float64 sums),
+Times the exact accumulation (chunked float32 matmul + cos/sin in a reused buffer, float64 sums),
 the gate release on top of it (noise for 4,097 coordinates, signed ledger entry), and batched
 KDE queries with and without their error bounds (float32 features in cache-sized blocks; the
 bound includes the float32 rounding term), then each step of the query pass timed alone.
