@@ -67,12 +67,12 @@ from gramfed.workers.sketch.accumulate import (
     rff_cosines,
 )
 from gramfed.workers.sketch.lsh import CollisionKernel
-from gramfed.workers.sketch.rff import RandomFourierFeatures
+from gramfed.workers.sketch.rff import FLOAT32_ROUNDOFF, RandomFourierFeatures
 from gramfed.workers.sketch.sketch import Sketch
 from gramfed.workers.sketch.spec import SketchSpec
 
 DEFAULT_CONFIDENCE = 0.95
-UNIT_ROUNDOFF = 2.0**-24  # float32
+UNIT_ROUNDOFF = FLOAT32_ROUNDOFF
 COS_ULPS = 4.0  # float32 cos error, in units of UNIT_ROUNDOFF (2 ulp of a value below 1)
 
 

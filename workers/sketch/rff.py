@@ -38,7 +38,7 @@ from gramfed.workers.sketch.projection import project, projection_matrix
 from gramfed.workers.sketch.spec import SketchSpec, public_stream
 
 FLOAT32_ROUNDOFF = 2.0**-24
-L2_SENSITIVITY = math.sqrt(2.0 + 2.0**-20)
+L2_SENSITIVITY = math.sqrt(2.0 + 16.0 * FLOAT32_ROUNDOFF)  # |phi|^2 <= 1 + 16u, plus the count
 
 
 def l1_sensitivity(features: int) -> float:
