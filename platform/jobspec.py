@@ -71,12 +71,15 @@ class ADMMSection(_Section):
     rho0: PositiveFloat = 1e-10
     bits: int | None = Field(None, ge=1, le=32)
     step: PositiveFloat | None = None
+    spacing: Literal["log", "uniform"] = "log"
     error_feedback: bool = False
 
     @model_validator(mode="after")
     def _one_quantizer(self) -> ADMMSection:
         if self.bits is not None and self.step is not None:
             raise ValueError("give at most one of 'bits' or 'step'")
+        if self.bits == 1 and self.spacing == "log":
+            raise ValueError("'bits' = 1 needs 'spacing' = \"uniform\" (a log grid needs 2 bits)")
         return self
 
 
@@ -186,6 +189,7 @@ class JobSpec(_Section):
             "agents": self.admm.agents,
             "bits": self.admm.bits,
             "step": self.admm.step,
+            "quantizer_spacing": self.admm.spacing,
             "error_feedback": self.admm.error_feedback,
             "rho0": self.admm.rho0,
             "admm_max_iter": self.admm.max_iter,

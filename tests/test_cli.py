@@ -54,6 +54,7 @@ def test_fit_a_shipped_dataset_writes_results(tmp_path: Path) -> None:
     [
         ('[data]\ndataset = "slimkl:ale80"\n[admm]\nbitz = 3\n', "unknown key 'admm.bitz'"),
         ('[data]\ndataset = "slimkl:ale80"\n[admm]\nbits = 64\n', "admm.bits"),
+        ('[data]\ndataset = "slimkl:ale80"\n[admm]\nbits = 1\n', "needs 'spacing' = \"uniform\""),
         ('[data]\ndataset = "slimkl:ale80"\n[admm]\nagents = "two"\n', "admm.agents"),
         ("[admm]\nagents = 2\n", "data"),
         ('[data]\ndataset = "slimkl:nope"\n', "unknown SLIM-KL dataset 'nope'"),

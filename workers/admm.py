@@ -38,6 +38,7 @@ from torch import Tensor
 
 from gramfed.workers.quantize import (
     ExactCodec,
+    Spacing,
     StochasticQuantizer,
     VectorCodec,
     decode_update,
@@ -61,13 +62,16 @@ class ADMMOptions:
     residual_balancing: bool = True
     bits: int | None = None
     step: float | None = None
+    spacing: Spacing = "log"
     error_feedback: bool = False
     seed: int = 0
 
     def codec(self, stream: int) -> VectorCodec:
         if self.bits is None and self.step is None:
             return ExactCodec()
-        return StochasticQuantizer(bits=self.bits, step=self.step, seed=self.seed * 7919 + stream)
+        return StochasticQuantizer(
+            bits=self.bits, step=self.step, seed=self.seed * 7919 + stream, spacing=self.spacing
+        )
 
 
 @dataclass

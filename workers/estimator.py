@@ -32,6 +32,7 @@ from gramfed.workers.gram import GramOptions, NoiseAugmentedGram, SubKernelGram
 from gramfed.workers.kernels.gsmp import GSMPGrid, GSMPKernel
 from gramfed.workers.noise import gcv_noise_variance
 from gramfed.workers.posterior import Prediction, fuse_experts, gp_posterior
+from gramfed.workers.quantize import Spacing
 from gramfed.workers.sca import LocalProblem, SCAOptions
 from gramfed.workers.transport import InProcessTransport, Transport
 
@@ -83,10 +84,11 @@ class GSMPRegressor:
     """Sparse multiple-kernel GP regression with the GSMP kernel (the SLIM-KL method).
 
     ``agents`` contiguous shards each solve their local problem by DSCA; consensus ADMM
-    joins them. ``bits`` (or ``step``) quantizes every message. ``noise="gcv"`` fixes the
-    noise variance by the smoothing-spline GCV estimate; ``noise="learned"`` adds it to the
-    consensus weights (an identity component above a floor of ``1e-6 var(y)``, started at
-    the GCV estimate) so marginal likelihood chooses it; a float fixes it directly. A dense
+    joins them. ``bits`` (or ``step``) quantizes every message, on a log grid by default
+    (``quantizer_spacing``: each weight kept to a fixed fraction of itself). ``noise="gcv"``
+    fixes the noise variance by the smoothing-spline GCV estimate; ``noise="learned"`` adds it
+    to the consensus weights (an identity component above a floor of ``1e-6 var(y)``, started
+    at the GCV estimate) so marginal likelihood chooses it; a float fixes it directly. A dense
     GSMP grid can tile the whole spectrum and so absorb white noise itself: the learned
     noise is then weakly identified and may fall to the floor, with the kernel carrying it.
     ``prediction`` chooses the pooled posterior or the fusion of per-agent posteriors.
@@ -98,6 +100,7 @@ class GSMPRegressor:
         agents: int = 2,
         bits: int | None = None,
         step: float | None = None,
+        quantizer_spacing: Spacing = "log",
         error_feedback: bool = False,
         components_per_dim: int | None = None,
         freq_lower: float = 0.0,
@@ -118,6 +121,7 @@ class GSMPRegressor:
         self.agents = agents
         self.bits = bits
         self.step = step
+        self.quantizer_spacing = quantizer_spacing
         self.error_feedback = error_feedback
         self.components_per_dim = components_per_dim
         self.freq_lower = freq_lower
@@ -195,6 +199,7 @@ class GSMPRegressor:
             rho0=self.rho0,
             bits=self.bits,
             step=self.step,
+            spacing=self.quantizer_spacing,
             error_feedback=self.error_feedback,
             seed=self.seed,
         )

@@ -44,6 +44,7 @@ def regressor_for(spec: JobSpec) -> DPGSMPRegressor:
         sampling=spec.model.sampling,
         bits=spec.admm.bits,
         step=spec.admm.step,
+        quantizer_spacing=spec.admm.spacing,
         error_feedback=spec.admm.error_feedback,
         admm_max_iter=spec.admm.max_iter,
         split=spec.dp.split,

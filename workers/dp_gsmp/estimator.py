@@ -43,6 +43,7 @@ from gramfed.workers.dp_gsmp.statistics import (
 from gramfed.workers.estimator import NotFittedError, Shard, as_matrix, validate_xy
 from gramfed.workers.kernels.gsmp import GSMPGrid
 from gramfed.workers.posterior import Prediction
+from gramfed.workers.quantize import Spacing
 from gramfed.workers.sca import ConsensusPenalty, SCAOptions
 from gramfed.workers.transport import InProcessTransport
 
@@ -174,6 +175,7 @@ class DPGSMPRegressor:
         input_radius: float | None = None,
         bits: int | None = None,
         step: float | None = None,
+        quantizer_spacing: Spacing = "log",
         error_feedback: bool = False,
         admm_max_iter: int = 50,
         rho0: float = 1e-2,
@@ -200,6 +202,7 @@ class DPGSMPRegressor:
         self.input_radius = input_radius
         self.bits = bits
         self.step = step
+        self.quantizer_spacing = quantizer_spacing
         self.error_feedback = error_feedback
         self.admm_max_iter = admm_max_iter
         self.rho0 = rho0
@@ -288,6 +291,7 @@ class DPGSMPRegressor:
                 rho0=self.rho0,
                 bits=self.bits,
                 step=self.step,
+                spacing=self.quantizer_spacing,
                 error_feedback=self.error_feedback,
                 seed=self.seed,
             ),
