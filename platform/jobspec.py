@@ -87,6 +87,7 @@ class SolverSection(_Section):
     max_iter: int = Field(100, ge=1)
     blocks: int = Field(4, ge=1)
     tol: PositiveFloat = 1e-3
+    surrogate: Literal["reference", "tangent"] = "reference"
 
 
 class ComputeSection(_Section):
@@ -204,6 +205,7 @@ class JobSpec(_Section):
             "sca_max_iter": self.solver.max_iter,
             "blocks": self.solver.blocks,
             "tol": self.solver.tol,
+            "surrogate": self.solver.surrogate,
             "device": self.compute.device,
             "memory_budget": int(self.compute.memory_budget_gib * (1 << 30)),
         }

@@ -9,13 +9,13 @@ from gramfed.workers.kernels.gsmp import GSMPGrid, GSMPKernel
 from gramfed.workers.sca import ConsensusPenalty, LocalProblem, SCAOptions, _centring
 
 
-def _problem(toy_regression, dims: int = 1, per_dim: int = 40):
+def _problem(toy_regression, dims: int = 1, per_dim: int = 40, surrogate: str = "reference"):
     x, y = toy_regression
     grid = GSMPGrid.default(dims, per_dim=per_dim, scale=0.01)
     xt = torch.from_numpy(x[:, :dims])
     gram = SubKernelGram(GSMPKernel(grid), xt)
     return (
-        LocalProblem(gram, torch.from_numpy(y), 0.05),
+        LocalProblem(gram, torch.from_numpy(y), 0.05, SCAOptions(surrogate=surrogate)),
         dense_stack(grid, xt, xt),
         torch.from_numpy(y),
     )
@@ -43,10 +43,11 @@ def test_objective_and_gradient_agree_with_autograd(toy_regression) -> None:
     torch.testing.assert_close(problem.gradient(point, penalty), a_var.grad)
 
 
-def test_dsca_decreases_objective_monotonically(toy_regression) -> None:
-    problem, _, _ = _problem(toy_regression)
+@pytest.mark.parametrize("surrogate", ["reference", "tangent"])
+def test_dsca_decreases_objective_monotonically(toy_regression, surrogate: str) -> None:
+    problem, _, _ = _problem(toy_regression, surrogate=surrogate)
     penalty = ConsensusPenalty.none(problem.size, problem.gram.device)
-    problem.options = SCAOptions(max_iter=25, tol=1e-9)
+    problem.options = SCAOptions(max_iter=25, tol=1e-9, surrogate=surrogate)
     result = problem.solve(torch.zeros(problem.size, dtype=torch.float64), penalty)
     history = np.array(result.objective_history)
     assert result.iterations >= 5
@@ -54,10 +55,13 @@ def test_dsca_decreases_objective_monotonically(toy_regression) -> None:
     assert history[-1] < history[0] - 10  # it really moved
 
 
-def test_dsca_reaches_a_stationary_point(toy_regression) -> None:
-    problem, _, _ = _problem(toy_regression, dims=1, per_dim=15)
+def test_dsca_with_the_tangent_bound_reaches_a_stationary_point(toy_regression) -> None:
+    # The tangent bound touches F, so its fixed points are F's. The reference model is not a
+    # bound (its quadratic term sees the noise twice): its DSCA stops where no step of its
+    # block moves lowers F, short of F's stationary points.
+    problem, _, _ = _problem(toy_regression, dims=1, per_dim=15, surrogate="tangent")
     penalty = ConsensusPenalty.none(problem.size, problem.gram.device)
-    problem.options = SCAOptions(max_iter=300, tol=1e-12)
+    problem.options = SCAOptions(max_iter=300, tol=1e-12, surrogate="tangent")
     a = problem.solve(torch.zeros(problem.size, dtype=torch.float64), penalty).weights
     grad = problem.gradient(problem.evaluate(a, penalty), penalty)
     # KKT for a >= 0: gradient ~0 on the support and non-negative on the zeros
@@ -67,14 +71,18 @@ def test_dsca_reaches_a_stationary_point(toy_regression) -> None:
     )
 
 
+@pytest.mark.parametrize(("surrogate", "block_noise"), [("tangent", 0.05), ("reference", 0.1)])
 @pytest.mark.parametrize("rho", [1e-10, 0.5])
-def test_block_surrogate_is_solved_to_optimality(toy_regression, rho: float) -> None:
-    """The block solve reaches the surrogate's minimum where its Hessian is rank deficient.
+def test_block_surrogate_is_solved_to_optimality(
+    toy_regression, rho: float, surrogate: str, block_noise: float
+) -> None:
+    """The block solve reaches its model's minimum where the Hessian is rank deficient.
 
     200 weights against 48 points: ``q``'s Hessian has rank <= 48, the case in which a few
     projected Newton steps stalled far from the minimum (7,167 vs 224,276 on a 1-D series).
+    The reference model's quadratic term sees the noise (0.05) twice.
     """
-    problem, stack, y = _problem(toy_regression, per_dim=200)
+    problem, stack, y = _problem(toy_regression, per_dim=200, surrogate=surrogate)
     gen = torch.Generator().manual_seed(1)
     penalty = ConsensusPenalty(
         lam=torch.zeros(problem.size, dtype=torch.float64),
@@ -83,11 +91,12 @@ def test_block_surrogate_is_solved_to_optimality(toy_regression, rho: float) -> 
     )
     point = problem.evaluate(torch.zeros(problem.size, dtype=torch.float64), penalty)
     slope = problem.gram.inner(torch.cholesky_inverse(point.chol))
-    ours = problem._solve_block(point, slice(0, problem.size), slope, penalty)
+    model_u = problem._model_solution(point)
+    ours = problem._solve_block(point, model_u, slice(0, problem.size), slope, penalty)
 
     def surrogate(a: np.ndarray) -> tuple[float, np.ndarray]:
         at = torch.from_numpy(a)
-        cov = torch.tensordot(at, stack, 1) + 0.05 * torch.eye(len(y), dtype=torch.float64)
+        cov = torch.tensordot(at, stack, 1) + block_noise * torch.eye(len(y), dtype=torch.float64)
         u = torch.linalg.solve(cov, y)
         value = y @ u + slope @ at + 0.5 * rho * (at - penalty.theta).square().sum()
         grad = -torch.einsum("i,aij,j->a", u, stack, u) + slope + rho * (at - penalty.theta)
@@ -110,3 +119,8 @@ def test_centring_survives_duals_that_underflowed() -> None:
     assert _centring(0.0, 0.0) == 0.0
     assert _centring(1e-3, 1e-2) == pytest.approx(1e-3)
     assert _centring(2.0, 1.0) == 1.0
+
+
+def test_unknown_surrogate_is_refused() -> None:
+    with pytest.raises(ValueError, match="surrogate must be"):
+        SCAOptions(surrogate="secant")

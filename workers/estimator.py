@@ -91,7 +91,9 @@ class GSMPRegressor:
     at the GCV estimate) so marginal likelihood chooses it; a float fixes it directly. A dense
     GSMP grid can tile the whole spectrum and so absorb white noise itself: the learned
     noise is then weakly identified and may fall to the floor, with the kernel carrying it.
-    ``prediction`` chooses the pooled posterior or the fusion of per-agent posteriors.
+    ``surrogate`` is DSCA's block model (``gramfed.workers.sca``): the authors' (default) or
+    the exact tangent bound. ``prediction`` chooses the pooled posterior or the fusion of
+    per-agent posteriors.
     """
 
     def __init__(
@@ -112,6 +114,7 @@ class GSMPRegressor:
         rho0: float = 1e-10,
         sca_max_iter: int = 100,
         blocks: int = 4,
+        surrogate: Literal["reference", "tangent"] = "reference",
         tol: float = 1e-3,
         prediction: Literal["pooled", "fused"] = "pooled",
         device: str = "auto",
@@ -133,6 +136,7 @@ class GSMPRegressor:
         self.rho0 = rho0
         self.sca_max_iter = sca_max_iter
         self.blocks = blocks
+        self.surrogate = surrogate
         self.tol = tol
         self.prediction = prediction
         self.device = device
@@ -206,7 +210,12 @@ class GSMPRegressor:
         recipe = AgentRecipe(
             grid=self.grid_,
             gram=GramOptions(device=self.device, memory_budget=self.memory_budget),
-            sca=SCAOptions(max_iter=self.sca_max_iter, tol=self.tol, blocks=self.blocks),
+            sca=SCAOptions(
+                max_iter=self.sca_max_iter,
+                tol=self.tol,
+                blocks=self.blocks,
+                surrogate=self.surrogate,
+            ),
             admm=admm_options,
             noise_variance=noise_floor if learned else self.noise_variance_,
             learned_noise=learned,
