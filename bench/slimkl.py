@@ -1,6 +1,7 @@
 """SLIM-KL reproduction benchmark: every shipped dataset, exact and 8-bit, beside the authors.
 
-    .venv/bin/python bench/slimkl.py [--device cpu] [--dataset NAME ...] [--out FILE.jsonl]
+    .venv/bin/python bench/slimkl.py [--device cpu] [--dataset NAME ...] [--runtime ray]
+        [--out FILE.jsonl]
 
 Writes one JSON line per run (the same objects as ``gramfed bench slimkl --json``) and
 prints the Markdown table that goes into bench/RESULTS.md.
@@ -10,7 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
+
+import ray
 
 from gramfed.platform.benchmarks import bench_slimkl
 from gramfed.platform.cli.progress import admm_progress
@@ -51,9 +55,17 @@ def main() -> None:
     parser.add_argument("--dataset", action="append", choices=SLIMKL_DATASETS)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--agents", type=int, default=2)
+    parser.add_argument(
+        "--runtime",
+        choices=("local", "ray"),
+        default="local",
+        help="ray: each agent on an actor of a local Ray over every core, in parallel",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/out/slimkl.jsonl"))
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.runtime == "ray":
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="warning")
     rows = []
     with args.out.open("w") as sink:
         for name in args.dataset or SLIMKL_DATASETS:
@@ -61,7 +73,12 @@ def main() -> None:
                 label = f"{name} {'exact' if bits is None else f'{bits}-bit'}"
                 with admm_progress(label, 100) as hook:
                     row = bench_slimkl(
-                        name, agents=args.agents, bits=bits, device=args.device, on_round=hook
+                        name,
+                        agents=args.agents,
+                        bits=bits,
+                        device=args.device,
+                        runtime=args.runtime,
+                        on_round=hook,
                     )
                 rows.append(row)
                 sink.write(json.dumps(row) + "\n")

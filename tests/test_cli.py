@@ -97,6 +97,27 @@ def test_bench_slimkl_json_has_the_required_fields() -> None:
     assert row["bits_float64_equivalent"] > 8 * row["bits_sent"]
 
 
+def test_bench_slimkl_on_ray_actors_fits_what_the_local_run_fits() -> None:
+    # One actor an agent, stepping in parallel: the same algorithm, so the same figures.
+    args = ["bench", "slimkl", "--dataset", "electricitydata", "--bits", "8", "--json"]
+    local = runner.invoke(app, args)
+    on_ray = runner.invoke(app, [*args, "--runtime", "ray"])
+    assert local.exit_code == 0 and on_ray.exit_code == 0, on_ray.output
+    local_row = json.loads(local.stdout.strip().splitlines()[-1])
+    ray_row = json.loads(on_ray.stdout.strip().splitlines()[-1])
+    assert (local_row["runtime"], ray_row["runtime"]) == ("local", "ray")
+    assert ray_row["test_mse"] == pytest.approx(local_row["test_mse"], rel=1e-6)
+    assert ray_row["bits_sent"] == local_row["bits_sent"]
+    import ray
+
+    assert not ray.is_initialized()  # the Ray the command started is shut down again
+
+
+def test_bench_unknown_runtime() -> None:
+    result = runner.invoke(app, ["bench", "slimkl", "--dataset", "ale80", "--runtime", "mpi"])
+    assert result.exit_code == 2 and "--runtime must be 'local' or 'ray'" in result.output
+
+
 def test_bench_unknown_dataset() -> None:
     result = runner.invoke(app, ["bench", "slimkl", "--dataset", "nope"])
     assert result.exit_code == 2 and "unknown dataset 'nope'" in result.output

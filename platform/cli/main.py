@@ -91,6 +91,13 @@ def bench_slimkl_command(
         int | None, typer.Option(help="Quantize messages to B bits per weight.", min=1, max=32)
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    runtime: Annotated[
+        str,
+        typer.Option(
+            help="local: agents in this process; ray: one Ray actor each, in parallel "
+            "(a local Ray is started when none is running).",
+        ),
+    ] = "local",
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON object per run on stdout.")
     ] = False,
@@ -105,17 +112,35 @@ def bench_slimkl_command(
             raise ValueError(
                 f"unknown dataset {unknown[0]!r}; choose from {', '.join(SLIMKL_DATASETS)}"
             )
+        if runtime not in ("local", "ray"):
+            raise ValueError(f"--runtime must be 'local' or 'ray', got {runtime!r}")
+        from gramfed.platform.runtime.driver import connect
+
+        started_ray = runtime == "ray" and connect(None)
         rows = []
-        for name in names:
-            with admm_progress(name, 100) as on_round:
-                row = bench_slimkl(name, agents=agents, bits=bits, device=device, on_round=on_round)
-            rows.append(row)
-            if as_json:
-                typer.echo(json.dumps(row), nl=True)
-            else:
-                stderr.print(
-                    f"{name}: test MSE {row['test_mse']:.4g} in {row['fit_seconds']:.1f} s"
-                )
+        try:
+            for name in names:
+                with admm_progress(name, 100) as on_round:
+                    row = bench_slimkl(
+                        name,
+                        agents=agents,
+                        bits=bits,
+                        device=device,
+                        runtime=runtime,  # type: ignore[arg-type]
+                        on_round=on_round,
+                    )
+                rows.append(row)
+                if as_json:
+                    typer.echo(json.dumps(row), nl=True)
+                else:
+                    stderr.print(
+                        f"{name}: test MSE {row['test_mse']:.4g} in {row['fit_seconds']:.1f} s"
+                    )
+        finally:
+            if started_ray:
+                import ray
+
+                ray.shutdown()
     if not as_json:
         stderr.print(_bench_table(rows))
 
