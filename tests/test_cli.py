@@ -98,8 +98,10 @@ def test_bench_slimkl_json_has_the_required_fields() -> None:
 
 
 def test_bench_slimkl_on_ray_actors_fits_what_the_local_run_fits() -> None:
-    # One actor an agent, stepping in parallel: the same algorithm, so the same figures.
-    args = ["bench", "slimkl", "--dataset", "electricitydata", "--bits", "8", "--json"]
+    # One actor an agent, stepping in parallel: the same algorithm, so the same figures (to
+    # the rounding of one thread against two; at 8 bits such a difference can flip a random
+    # rounding, so the comparison is of float64 messages).
+    args = ["bench", "slimkl", "--dataset", "electricitydata", "--json"]
     local = runner.invoke(app, args)
     on_ray = runner.invoke(app, [*args, "--runtime", "ray"])
     assert local.exit_code == 0 and on_ray.exit_code == 0, on_ray.output
