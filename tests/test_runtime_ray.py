@@ -11,6 +11,7 @@ import pytest
 import ray
 from typer.testing import CliRunner
 
+from gramfed.platform.benchmarks import bench_slimkl
 from gramfed.platform.cli.main import app
 from gramfed.platform.datasets import load_slimkl
 from gramfed.platform.results import PROVENANCE_SUFFIX
@@ -114,3 +115,25 @@ def test_results_are_only_gate_releases_and_the_ledger_verifies(
     assert json.loads((out / "summary.json").read_text())["nonzero_weights"] == np.count_nonzero(
         weights
     )
+
+
+def test_bench_on_ray_actors_fits_what_the_local_run_fits(local_ray) -> None:
+    # One actor an agent, stepping in parallel: the same algorithm, so the same figures (to
+    # the rounding of one thread against two; at 8 bits such a difference can flip a random
+    # rounding, so the comparison is of float64 messages).
+    local = bench_slimkl("electricitydata", device="cpu")
+    on_ray = bench_slimkl("electricitydata", device="cpu", runtime="ray")
+    assert (local["runtime"], on_ray["runtime"]) == ("local", "ray")
+    assert on_ray["test_mse"] == pytest.approx(local["test_mse"], rel=1e-6)
+    assert on_ray["admm_rounds"] == local["admm_rounds"]
+    assert on_ray["bits_sent"] == local["bits_sent"]
+
+
+def test_bench_command_on_ray_uses_the_running_ray_and_leaves_it_up(local_ray) -> None:
+    result = CliRunner().invoke(
+        app, ["bench", "slimkl", "--dataset", "ale80", "--runtime", "ray", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout.strip().splitlines()[-1])
+    assert row["runtime"] == "ray" and row["test_mse"] < row["reference_test_mse"] * 1.1
+    assert ray.is_initialized()  # a Ray the command did not start is not shut down
