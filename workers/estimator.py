@@ -33,7 +33,7 @@ from gramfed.workers.kernels.gsmp import GSMPGrid, GSMPKernel
 from gramfed.workers.noise import gcv_noise_variance
 from gramfed.workers.posterior import Prediction, fuse_experts, gp_posterior
 from gramfed.workers.quantize import Spacing
-from gramfed.workers.sca import LocalProblem, SCAOptions
+from gramfed.workers.sca import LocalProblem, SCAOptions, Surrogate
 from gramfed.workers.transport import InProcessTransport, Transport
 
 LEARNED_NOISE_FLOOR = 1e-6  # times var(y): keeps C positive definite when the noise weight is 0
@@ -114,7 +114,7 @@ class GSMPRegressor:
         rho0: float = 1e-10,
         sca_max_iter: int = 100,
         blocks: int = 4,
-        surrogate: Literal["reference", "tangent"] = "reference",
+        surrogate: Surrogate = "reference",
         tol: float = 1e-3,
         prediction: Literal["pooled", "fused"] = "pooled",
         device: str = "auto",

@@ -46,6 +46,7 @@ from torch import Tensor
 from gramfed.workers.gram import NoiseAugmentedGram, SubKernelGram
 
 ProgressHook = Callable[[int, float], None]
+Surrogate = Literal["reference", "tangent"]
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class SCAOptions:
     blocks: int = 4
     inner_max_iter: int = 200
     inner_tol: float = 1e-9
-    surrogate: Literal["reference", "tangent"] = "reference"
+    surrogate: Surrogate = "reference"
 
     def __post_init__(self) -> None:
         if self.surrogate not in ("reference", "tangent"):
@@ -129,8 +130,7 @@ class LocalProblem:
     ) -> Evaluation:
         if gram_sum is None:
             gram_sum = self.gram.weighted_sum(weights)
-        chol = _cholesky(gram_sum, self.noise_variance)
-        alpha_y = torch.cholesky_solve(self.y[:, None], chol)[:, 0]
+        chol, alpha_y = self._solve_y(gram_sum, self.noise_variance)
         value = float(self.y @ alpha_y) + 2.0 * float(torch.log(torch.diagonal(chol)).sum())
         return Evaluation(weights, gram_sum, chol, alpha_y, value + penalty.value(weights))
 
@@ -193,8 +193,7 @@ class LocalProblem:
         """``(C(a_k) + block_noise I)^-1 y``: the block models' ``u`` at ``a_k``."""
         if self.block_noise == self.noise_variance:
             return point.alpha_y
-        chol = _cholesky(point.gram_sum, self.block_noise)
-        return torch.cholesky_solve(self.y[:, None], chol)[:, 0]
+        return self._solve_y(point.gram_sum, self.block_noise)[1]
 
     def _solve_block(
         self,
@@ -255,8 +254,7 @@ class LocalProblem:
         ``sigma = (mu_aff / mu)^3``, and the corrected step; the primal step backtracks on
         the barrier merit ``f - sigma mu sum log a``. ``q``'s Hessian has rank at most ``n``,
         far below the block's size on a large grid; the barrier terms keep the system well
-        posed where a plain projected Newton method
-        stalls at the bound.
+        posed where a plain projected Newton method stalls at the bound.
         """
         opts = self.options
         rho, centre = penalty.rho, penalty.theta[chosen]
@@ -328,11 +326,15 @@ class LocalProblem:
         # The path ends with inactive weights at about mu / s, zeros of the exact problem.
         return torch.where(a <= 1e-6 * offset, torch.zeros_like(a), a), u, value
 
+    def _solve_y(self, gram_sum: Tensor, noise: float) -> tuple[Tensor, Tensor]:
+        """The Cholesky factor of ``gram_sum + noise I`` and ``(gram_sum + noise I)^-1 y``."""
+        chol = _cholesky(gram_sum, noise)
+        return chol, torch.cholesky_solve(self.y[:, None], chol)[:, 0]
+
     def _block_value(
         self, gram_sum: Tensor, a: Tensor, slope: Tensor, rho: float, centre: Tensor
     ) -> tuple[Tensor, Tensor, float]:
-        chol = _cholesky(gram_sum, self.block_noise)
-        u = torch.cholesky_solve(self.y[:, None], chol)[:, 0]
+        chol, u = self._solve_y(gram_sum, self.block_noise)
         proximity = 0.5 * rho * float((a - centre).square().sum())
         return chol, u, float(self.y @ u) + float(slope @ a) + proximity
 
