@@ -30,6 +30,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from gramfed.workers.cholesky import cholesky_solve
 from gramfed.workers.device import resolve_device
 from gramfed.workers.kernels.base import Kernel
 from gramfed.workers.pivoted import pivoted_cholesky
@@ -340,7 +341,7 @@ class PivotedCholesky:
     def solve(self, r: Tensor) -> Tensor:
         if not self.rank:
             return r / self.noise_variance
-        low = torch.cholesky_solve(self.factor.T @ r, self._inner_chol)
+        low = cholesky_solve(self._inner_chol, self.factor.T @ r)
         return (r - self.factor @ low) / self.noise_variance
 
     def logdet(self) -> float:

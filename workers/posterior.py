@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from gramfed.workers.cholesky import cholesky_solve
 from gramfed.workers.kernels.base import Kernel
 
 
@@ -33,7 +34,7 @@ def gp_posterior(
     if int(info) != 0:
         raise FloatingPointError("training covariance is not positive definite")
     k_cross = kernel(x_test, x_train)
-    mean = k_cross @ torch.cholesky_solve(y_train[:, None], chol)[:, 0]
+    mean = k_cross @ cholesky_solve(chol, y_train)
     v = torch.linalg.solve_triangular(chol, k_cross.T, upper=False)
     variance = kernel.diag(x_test) - v.square().sum(0) + noise_variance
     return Prediction(mean, variance.clamp_min(noise_variance * 1e-12))

@@ -43,6 +43,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from gramfed.workers.cholesky import cholesky_solve
 from gramfed.workers.gram import NoiseAugmentedGram, SubKernelGram
 
 ProgressHook = Callable[[int, float], None]
@@ -84,10 +85,10 @@ class ConsensusPenalty:
 
 @dataclass
 class Evaluation:
-    """F at one point, with the factorisation the next step reuses."""
+    """F at one point, with the covariance ``C(a)`` and its factor that the next step reuses."""
 
     weights: Tensor
-    gram_sum: Tensor
+    covariance: Tensor
     chol: Tensor
     alpha_y: Tensor
     value: float
@@ -126,13 +127,15 @@ class LocalProblem:
 
     # -- objective --------------------------------------------------------------------------
     def evaluate(
-        self, weights: Tensor, penalty: ConsensusPenalty, gram_sum: Tensor | None = None
+        self, weights: Tensor, penalty: ConsensusPenalty, covariance: Tensor | None = None
     ) -> Evaluation:
-        if gram_sum is None:
-            gram_sum = self.gram.weighted_sum(weights)
-        chol, alpha_y = self._solve_y(gram_sum, self.noise_variance)
+        """F at ``weights``; ``covariance`` is ``C(weights)`` where the caller has it."""
+        if covariance is None:
+            covariance = self.gram.weighted_sum(weights)
+            covariance.diagonal().add_(self.noise_variance)
+        chol, alpha_y = self._solve_y(covariance)
         value = float(self.y @ alpha_y) + 2.0 * float(torch.log(torch.diagonal(chol)).sum())
-        return Evaluation(weights, gram_sum, chol, alpha_y, value + penalty.value(weights))
+        return Evaluation(weights, covariance, chol, alpha_y, value + penalty.value(weights))
 
     def gradient(self, point: Evaluation, penalty: ConsensusPenalty) -> Tensor:
         """dF/da_i = -u'K_i u + tr(C^-1 K_i) + lam_i + rho (a_i - theta_i)."""
@@ -180,7 +183,7 @@ class LocalProblem:
             trial = self.evaluate(
                 (point.weights + step * direction).clamp_min(0.0),
                 penalty,
-                torch.add(point.gram_sum, step_sum, alpha=step),
+                torch.add(point.covariance, step_sum, alpha=step),
             )
             if trial.value <= point.value:
                 return trial
@@ -193,7 +196,7 @@ class LocalProblem:
         """``(C(a_k) + block_noise I)^-1 y``: the block models' ``u`` at ``a_k``."""
         if self.block_noise == self.noise_variance:
             return point.alpha_y
-        return self._solve_y(point.gram_sum, self.block_noise)[1]
+        return self._solve_y(self._block_covariance(point.covariance.clone()))[1]
 
     def _solve_block(
         self,
@@ -263,8 +266,9 @@ class LocalProblem:
         # k_i(x, x) = 1, so y'y / n is about the weights' total: the interior offset's scale.
         offset = 1e-3 * float(self.y @ self.y) / self.gram.n / size
         a = initial.clamp_min(offset)
-        gram_sum = self.gram.weighted_sum(a - point.weights[chosen], chosen).add_(point.gram_sum)
-        chol, u, value = self._block_value(gram_sum, a, slope, rho, centre)
+        covariance = self.gram.weighted_sum(a - point.weights[chosen], chosen)
+        covariance = self._block_covariance(covariance.add_(point.covariance))
+        chol, u, value = self._block_value(covariance, a, slope, rho, centre)
         v = self.gram.matvec(u, chosen)
         grad = -(v @ u) + slope + rho * (a - centre)
         dual = torch.maximum(grad, 1e-3 * max(1.0, abs(value)) / size / a).clamp_min(1e-12)
@@ -280,7 +284,7 @@ class LocalProblem:
             factor = torch.linalg.cholesky(2.0 * (z.T @ z) + rho * eye + torch.diag(dual / a))
 
             def newton(rhs: Tensor, factor: Tensor = factor) -> Tensor:
-                return torch.cholesky_solve(rhs[:, None], factor)[:, 0]
+                return cholesky_solve(factor, rhs)
 
             affine_a = newton(-grad)
             affine_dual = -dual - dual / a * affine_a
@@ -307,9 +311,9 @@ class LocalProblem:
             t = _to_boundary(a, step_a)
             while t > 1e-8:
                 cand = a + t * step_a
-                cand_sum = torch.add(gram_sum, step_sum, alpha=t)
+                cand_covariance = torch.add(covariance, step_sum, alpha=t)
                 cand_chol, cand_u, cand_value = self._block_value(
-                    cand_sum, cand, slope, rho, centre
+                    cand_covariance, cand, slope, rho, centre
                 )
                 cand_merit = cand_value - sigma * mu * float(torch.log(cand).sum())
                 if cand_merit <= merit + 1e-4 * t * merit_slope:
@@ -317,7 +321,7 @@ class LocalProblem:
                 t *= 0.5
             else:
                 break  # no progress possible at this precision: the point is optimal enough
-            a, gram_sum, chol, u, value = cand, cand_sum, cand_chol, cand_u, cand_value
+            a, covariance, chol, u, value = cand, cand_covariance, cand_chol, cand_u, cand_value
             dual = dual + _to_boundary(dual, step_dual) * step_dual
             if t < 1e-6:
                 break  # crawling steps: rounding, not the problem, limits the precision
@@ -326,15 +330,21 @@ class LocalProblem:
         # The path ends with inactive weights at about mu / s, zeros of the exact problem.
         return torch.where(a <= 1e-6 * offset, torch.zeros_like(a), a), u, value
 
-    def _solve_y(self, gram_sum: Tensor, noise: float) -> tuple[Tensor, Tensor]:
-        """The Cholesky factor of ``gram_sum + noise I`` and ``(gram_sum + noise I)^-1 y``."""
-        chol = _cholesky(gram_sum, noise)
-        return chol, torch.cholesky_solve(self.y[:, None], chol)[:, 0]
+    def _solve_y(self, covariance: Tensor) -> tuple[Tensor, Tensor]:
+        """The Cholesky factor of ``covariance`` and ``covariance^-1 y``."""
+        chol = _cholesky(covariance)
+        return chol, cholesky_solve(chol, self.y)
+
+    def _block_covariance(self, covariance: Tensor) -> Tensor:
+        """``C(a)`` (noise once) turned in place into the block models' covariance."""
+        if self.block_noise != self.noise_variance:
+            covariance.diagonal().add_(self.block_noise - self.noise_variance)
+        return covariance
 
     def _block_value(
-        self, gram_sum: Tensor, a: Tensor, slope: Tensor, rho: float, centre: Tensor
+        self, covariance: Tensor, a: Tensor, slope: Tensor, rho: float, centre: Tensor
     ) -> tuple[Tensor, Tensor, float]:
-        chol, u = self._solve_y(gram_sum, self.block_noise)
+        chol, u = self._solve_y(covariance)
         proximity = 0.5 * rho * float((a - centre).square().sum())
         return chol, u, float(self.y @ u) + float(slope @ a) + proximity
 
@@ -362,11 +372,9 @@ def _blocks(size: int, count: int) -> list[slice]:
     return [slice(edges[i], edges[i + 1]) for i in range(count)]
 
 
-def _cholesky(gram_sum: Tensor, noise_variance: float) -> Tensor:
-    """The Cholesky factor of ``gram_sum + noise_variance I``."""
-    matrix = gram_sum.clone()
-    matrix.diagonal().add_(noise_variance)
-    chol, info = torch.linalg.cholesky_ex(matrix)
+def _cholesky(covariance: Tensor) -> Tensor:
+    """The lower Cholesky factor of ``covariance``."""
+    chol, info = torch.linalg.cholesky_ex(covariance)
     if int(info) != 0:
         raise FloatingPointError(
             "covariance is not positive definite; the noise variance is too small for the data"

@@ -112,7 +112,12 @@ class SpectralStack:
 
     # -- reductions over a normalised, non-empty selection ---------------------------------
     def weighted_sum(self, w: Tensor, components: Components) -> Tensor:
-        total = torch.zeros(self.n, self.n, dtype=torch.float64, device=self.device)
+        total: Tensor | None = None  # the first product is the sum: no n x n zeros to add to
+
+        def accumulate(left: Tensor, right: Tensor) -> None:
+            nonlocal total
+            total = left @ right if total is None else total.addmm_(left, right)
+
         done = 0
         for piece in self._pieces(components):
             weights = w[done : done + count(piece)].repeat_interleave(self.width)
@@ -120,16 +125,17 @@ class SpectralStack:
             basis = self._paying_basis(piece)
             if basis is not None:
                 columns = basis.columns(shift(piece, basis.start))
-                total.addmm_(basis.q @ ((columns * weights) @ columns.T), basis.q.T)
+                accumulate(basis.q @ ((columns * weights) @ columns.T), basis.q.T)
                 continue
             taken = 0
 
-            def accumulate(f: Tensor, weights: Tensor = weights) -> None:
+            def add_chunk(f: Tensor, weights: Tensor = weights) -> None:
                 nonlocal taken
-                total.addmm_(f * weights[taken : taken + f.shape[1]], f.T)
+                accumulate(f * weights[taken : taken + f.shape[1]], f.T)
                 taken += f.shape[1]
 
-            self._each_chunk(piece, accumulate)
+            self._each_chunk(piece, add_chunk)
+        assert total is not None  # a normalised selection is not empty
         return total.mul_(self.envelope)
 
     def inner(self, matrix: Tensor, components: Components) -> Tensor:

@@ -37,6 +37,7 @@ import torch
 from scipy.optimize import OptimizeResult, minimize
 from torch import Tensor
 
+from gramfed.workers.cholesky import cholesky_solve
 from gramfed.workers.dp_gsmp.statistics import SufficientStatistics
 from gramfed.workers.posterior import Prediction
 from gramfed.workers.sca import ConsensusPenalty, ProgressHook, SCAOptions, SCAResult
@@ -70,7 +71,7 @@ def objective(factor: Factor, feature_weights: Tensor, noise: Tensor) -> Tensor:
     k = root.T @ (feature_weights[:, None] * root)
     k.diagonal().add_(noise)
     chol = torch.linalg.cholesky(k)
-    u = torch.cholesky_solve((root.T @ wb)[:, None], chol)[:, 0]
+    u = cholesky_solve(chol, root.T @ wb)
     fit = (b @ wb - (root.T @ wb) @ u) / noise
     quad = (factor.yy - fit) / noise
     logdet = (factor.count - factor.dim) * torch.log(noise) + 2.0 * torch.log(
@@ -177,7 +178,7 @@ class FeaturePosterior:
         k.diagonal().add_(noise)
         chol = torch.linalg.cholesky(k)
         wb = w * factor.cross
-        mean = wb - root_w.T @ torch.cholesky_solve((root_w @ factor.cross)[:, None], chol)[:, 0]
+        mean = wb - root_w.T @ cholesky_solve(chol, root_w @ factor.cross)
         return cls(mean / noise, root_w, chol, w, float(noise))
 
     def predict(self, phi: Tensor) -> Prediction:
