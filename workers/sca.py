@@ -43,16 +43,24 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from gramfed.workers.cholesky import cholesky_solve
+from gramfed.workers.cholesky import cholesky_solve, refined_solve
 from gramfed.workers.gram import NoiseAugmentedGram, SubKernelGram
 
 ProgressHook = Callable[[int, float], None]
 Surrogate = Literal["reference", "tangent"]
 
+# Below this many points a float32 factor saves less than its refinement steps cost.
+MIXED_PRECISION_MIN_POINTS = 1024
+
 
 @dataclass(frozen=True)
 class SCAOptions:
-    """Stopping rules and block structure of the local solver (reference defaults)."""
+    """Stopping rules and block structure of the local solver (reference defaults).
+
+    ``mixed_precision``: the interior point factors its covariances in float32 and refines
+    each solve to float64 accuracy (``cholesky.refined_solve``) on shards of at least
+    ``MIXED_PRECISION_MIN_POINTS`` points, falling back to float64 where that fails.
+    """
 
     max_iter: int = 100
     tol: float = 1e-3
@@ -60,6 +68,7 @@ class SCAOptions:
     inner_max_iter: int = 200
     inner_tol: float = 1e-9
     surrogate: Surrogate = "reference"
+    mixed_precision: bool = True
 
     def __post_init__(self) -> None:
         if self.surrogate not in ("reference", "tangent"):
@@ -257,7 +266,9 @@ class LocalProblem:
         ``sigma = (mu_aff / mu)^3``, and the corrected step; the primal step backtracks on
         the barrier merit ``f - sigma mu sum log a``. ``q``'s Hessian has rank at most ``n``,
         far below the block's size on a large grid; the barrier terms keep the system well
-        posed where a plain projected Newton method stalls at the bound.
+        posed where a plain projected Newton method stalls at the bound. With mixed precision
+        the Newton system is formed from the float32 factor: that perturbs the direction, not
+        the values and gradients the steps are judged by.
         """
         opts = self.options
         rho, centre = penalty.rho, penalty.theta[chosen]
@@ -280,7 +291,7 @@ class LocalProblem:
                 and float((grad - dual).abs().max()) <= opts.inner_tol * scale
             ):
                 break
-            z = torch.linalg.solve_triangular(chol, v.T, upper=False)
+            z = torch.linalg.solve_triangular(chol, v.T.to(chol.dtype), upper=False).double()
             factor = torch.linalg.cholesky(2.0 * (z.T @ z) + rho * eye + torch.diag(dual / a))
 
             def newton(rhs: Tensor, factor: Tensor = factor) -> Tensor:
@@ -344,7 +355,12 @@ class LocalProblem:
     def _block_value(
         self, covariance: Tensor, a: Tensor, slope: Tensor, rho: float, centre: Tensor
     ) -> tuple[Tensor, Tensor, float]:
-        chol, u = self._solve_y(covariance)
+        """The block model's value at ``a``, ``u = C^-1 y`` and the factor of ``C``, which
+        may be float32 (``SCAOptions.mixed_precision``): no log det is needed here."""
+        solved = None
+        if self.options.mixed_precision and self.gram.n >= MIXED_PRECISION_MIN_POINTS:
+            solved = refined_solve(covariance, self.y)
+        chol, u = solved or self._solve_y(covariance)
         proximity = 0.5 * rho * float((a - centre).square().sum())
         return chol, u, float(self.y @ u) + float(slope @ a) + proximity
 
