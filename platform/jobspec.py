@@ -88,6 +88,7 @@ class SolverSection(_Section):
     blocks: int = Field(4, ge=1)
     tol: PositiveFloat = 1e-3
     surrogate: Literal["reference", "tangent"] = "reference"
+    mixed_precision: bool = True
 
 
 class ComputeSection(_Section):
@@ -206,6 +207,7 @@ class JobSpec(_Section):
             "blocks": self.solver.blocks,
             "tol": self.solver.tol,
             "surrogate": self.solver.surrogate,
+            "mixed_precision": self.solver.mixed_precision,
             "device": self.compute.device,
             "memory_budget": int(self.compute.memory_budget_gib * (1 << 30)),
         }

@@ -7,6 +7,8 @@ from typer.testing import CliRunner
 
 from gramfed.platform.benchmarks import bench_slimkl
 from gramfed.platform.cli.main import app
+from gramfed.platform.jobspec import load_job
+from gramfed.workers.estimator import GSMPRegressor
 
 runner = CliRunner()
 
@@ -57,6 +59,7 @@ def test_fit_a_shipped_dataset_writes_results(tmp_path: Path) -> None:
         ('[data]\ndataset = "slimkl:ale80"\n[admm]\nbits = 64\n', "admm.bits"),
         ('[data]\ndataset = "slimkl:ale80"\n[admm]\nbits = 1\n', "needs 'spacing' = \"uniform\""),
         ('[data]\ndataset = "slimkl:ale80"\n[admm]\nagents = "two"\n', "admm.agents"),
+        ('[data]\ndataset = "slimkl:ale80"\n[solver]\nmixed_precision = "often"\n', "solver.mixed"),
         ("[admm]\nagents = 2\n", "data"),
         ('[data]\ndataset = "slimkl:nope"\n', "unknown SLIM-KL dataset 'nope'"),
         ('[data]\ndataset = "slimkl:ale80"\n[admm\n', "not valid TOML"),
@@ -67,6 +70,17 @@ def test_bad_job_files_give_one_line_errors(tmp_path: Path, body: str, message: 
     assert result.exit_code == 2
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_solver_keys_reach_the_estimator(tmp_path: Path) -> None:
+    job = _write_job(
+        tmp_path,
+        '[data]\ndataset = "slimkl:ale80"\n[solver]\nsurrogate = "tangent"\n'
+        "mixed_precision = false\n",
+    )
+    params = load_job(job).estimator_params()
+    assert params["surrogate"] == "tangent" and params["mixed_precision"] is False
+    assert GSMPRegressor(**params).get_params()["mixed_precision"] is False
 
 
 def test_missing_job_file(tmp_path: Path) -> None:

@@ -26,17 +26,19 @@ def refined_solve(matrix: Tensor, rhs: Tensor, max_steps: int = 10) -> tuple[Ten
     LAPACK's mixed-precision scheme (``dsposv``): factor in single precision, then correct
     ``x += (L L')^-1 r`` with the residual ``r = rhs - A x`` formed in double, until
     ``|r|_inf <= |x|_inf |A|_inf eps sqrt(n)``, the backward error a float64 solve is bounded
-    by; one correction more then brings the forward error to a float64 solve's (measured in
-    the tests: that bound alone leaves it 20 times larger on a GP covariance). Each step shrinks the error by about ``cond(A) 2^-24``, so it converges while ``A`` is far
-    from singular in float32; where the factorisation fails or ``max_steps`` corrections do
-    not suffice, None tells the caller to factor in float64. A float32 factorisation takes
-    0.53 s against 0.88 s at n = 4,750 on a 2-core CPU (more on GPUs), and the corrections
-    are matrix-vector products.
+    by; one correction more then brings the forward error to a float64 solve's (that bound
+    alone left it 20 times larger on a GP covariance in the tests). Each step shrinks the
+    error by about ``cond(A) 2^-24``, so it converges while ``A`` is far from singular in
+    float32; where the factorisation fails or ``max_steps`` corrections do not suffice, None
+    tells the caller to factor in float64. A float32 factorisation takes 0.53 s against
+    0.88 s at n = 4,750 on a 2-core CPU (more on GPUs); the corrections are matrix-vector
+    products.
     """
     chol, info = torch.linalg.cholesky_ex(matrix.to(torch.float32))
     if int(info) != 0:
         return None
     limit = float(matrix.abs().sum(1).max()) * torch.finfo(torch.float64).eps * rhs.numel() ** 0.5
+
     def corrected(solution: Tensor, residual: Tensor) -> Tensor:
         return solution + cholesky_solve(chol, residual.to(torch.float32)).to(rhs.dtype)
 

@@ -92,8 +92,9 @@ class GSMPRegressor:
     GSMP grid can tile the whole spectrum and so absorb white noise itself: the learned
     noise is then weakly identified and may fall to the floor, with the kernel carrying it.
     ``surrogate`` is DSCA's block model (``gramfed.workers.sca``): the authors' (default) or
-    the exact tangent bound. ``prediction`` chooses the pooled posterior or the fusion of
-    per-agent posteriors.
+    the exact tangent bound; ``mixed_precision`` lets its interior point factor in float32 with
+    float64-accurate refined solves on shards of 1,024 points or more. ``prediction`` chooses
+    the pooled posterior or the fusion of per-agent posteriors.
     """
 
     def __init__(
@@ -115,6 +116,7 @@ class GSMPRegressor:
         sca_max_iter: int = 100,
         blocks: int = 4,
         surrogate: Surrogate = "reference",
+        mixed_precision: bool = True,
         tol: float = 1e-3,
         prediction: Literal["pooled", "fused"] = "pooled",
         device: str = "auto",
@@ -137,6 +139,7 @@ class GSMPRegressor:
         self.sca_max_iter = sca_max_iter
         self.blocks = blocks
         self.surrogate = surrogate
+        self.mixed_precision = mixed_precision
         self.tol = tol
         self.prediction = prediction
         self.device = device
@@ -215,6 +218,7 @@ class GSMPRegressor:
                 tol=self.tol,
                 blocks=self.blocks,
                 surrogate=self.surrogate,
+                mixed_precision=self.mixed_precision,
             ),
             admm=admm_options,
             noise_variance=noise_floor if learned else self.noise_variance_,
