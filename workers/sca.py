@@ -205,7 +205,7 @@ class LocalProblem:
         """``(C(a_k) + block_noise I)^-1 y``: the block models' ``u`` at ``a_k``."""
         if self.block_noise == self.noise_variance:
             return point.alpha_y
-        return self._solve_y(self._block_covariance(point.covariance.clone()))[1]
+        return self._solve_model(self._block_covariance(point.covariance.clone()))[1]
 
     def _solve_block(
         self,
@@ -352,15 +352,19 @@ class LocalProblem:
             covariance.diagonal().add_(self.block_noise - self.noise_variance)
         return covariance
 
-    def _block_value(
-        self, covariance: Tensor, a: Tensor, slope: Tensor, rho: float, centre: Tensor
-    ) -> tuple[Tensor, Tensor, float]:
-        """The block model's value at ``a``, ``u = C^-1 y`` and the factor of ``C``, which
-        may be float32 (``SCAOptions.mixed_precision``): no log det is needed here."""
+    def _solve_model(self, covariance: Tensor) -> tuple[Tensor, Tensor]:
+        """``_solve_y`` for the block models, which need no log det: the factor may be
+        float32 with a refined solve (``SCAOptions.mixed_precision``)."""
         solved = None
         if self.options.mixed_precision and self.gram.n >= MIXED_PRECISION_MIN_POINTS:
             solved = refined_solve(covariance, self.y)
-        chol, u = solved or self._solve_y(covariance)
+        return solved or self._solve_y(covariance)
+
+    def _block_value(
+        self, covariance: Tensor, a: Tensor, slope: Tensor, rho: float, centre: Tensor
+    ) -> tuple[Tensor, Tensor, float]:
+        """The block model's value at ``a``, ``u = C^-1 y`` and the factor of ``C``."""
+        chol, u = self._solve_model(covariance)
         proximity = 0.5 * rho * float((a - centre).square().sum())
         return chol, u, float(self.y @ u) + float(slope @ a) + proximity
 
