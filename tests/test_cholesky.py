@@ -70,13 +70,15 @@ def test_mixed_precision_solve_equals_the_float64_one(monkeypatch: pytest.Monkey
         return solved
 
     monkeypatch.setattr(sca, "refined_solve", counting)
-    results = {}
+    results, calls = {}, {}
     for mixed in (True, False):
         options = sca.SCAOptions(max_iter=2, mixed_precision=mixed)
         problem = sca.LocalProblem(gram, torch.from_numpy(y), 0.05, options)
         penalty = sca.ConsensusPenalty.none(problem.size, gram.device)
         results[mixed] = problem.solve(torch.zeros(problem.size, dtype=torch.float64), penalty)
-    assert refined and all(refined)  # the float32 path ran, and only for the mixed solve
+        calls[mixed] = len(refined)
+    assert calls[True] > 0 and all(refined)  # the float32 path ran and never fell back
+    assert calls[False] == calls[True]  # and only for the mixed solve
     mixed, plain = results[True], results[False]
     np.testing.assert_allclose(mixed.objective_history, plain.objective_history, rtol=1e-10)
     torch.testing.assert_close(mixed.weights, plain.weights, rtol=1e-6, atol=1e-9)
