@@ -1,9 +1,10 @@
 """Sketch files: protobuf messages (``protos/sketch.proto``) with a magic string and checksum.
 
-A file is a ``SketchFile``: magic ``gramfed-sketch``, version 2, the serialised ``SketchSet``
-and its SHA-256. Version 2 sketches' random Fourier features are cos/sin pairs
-(``gramfed.workers.sketch.rff``); version 1 files, whose features had random phases, are refused
-rather than read with features they were not built with.
+A file is a ``SketchFile``: magic ``gramfed-sketch``, version 3, the serialised ``SketchSet``
+and its SHA-256. Version 3 specs name their gaussian frequency design (``orthogonal`` or
+``iid``, ``gramfed.workers.sketch.rff``); version 2 files, whose gaussian sketches all had iid
+frequencies in cos/sin pairs, are read as such. Version 1 files, whose features had random
+phases, are refused rather than read with features they were not built with.
 
 A protobuf parser accepts many truncated or altered byte strings as some valid message, so the
 checksum is what makes corruption detectable; loading then rebuilds every sketch through the
@@ -31,7 +32,8 @@ from gramfed.workers.sketch.sketch import NoiseProfile, Provenance, Sketch
 from gramfed.workers.sketch.spec import SketchSpec
 
 MAGIC = "gramfed-sketch"
-VERSION = 2
+VERSION = 3
+IID_ONLY_VERSION = 2  # before the orthogonal design: every gaussian sketch drew iid frequencies
 PathLike = str | os.PathLike[str]
 
 
@@ -50,6 +52,7 @@ def spec_to_proto(spec: SketchSpec) -> pb.SketchSpec:
         hashes=spec.hashes,
         buckets=spec.buckets,
         projection_dim=spec.projection_dim or 0,
+        frequencies=spec.frequencies or "",
     )
 
 
@@ -65,6 +68,7 @@ def spec_from_proto(s: pb.SketchSpec) -> SketchSpec:
         hashes=s.hashes,
         buckets=s.buckets,
         projection_dim=s.projection_dim or None,
+        frequencies=s.frequencies or None,  # type: ignore[arg-type]
     )
 
 
@@ -164,10 +168,10 @@ def decode(data: bytes, source: str = "sketch") -> list[Sketch]:
         ) from None
     if envelope.magic != MAGIC:
         raise SketchFileError(f"{source}: not a gramfed sketch file (no '{MAGIC}' header)")
-    if envelope.version != VERSION:
+    if envelope.version not in (VERSION, IID_ONLY_VERSION):
         raise SketchFileError(
             f"{source}: sketch file version {envelope.version} is not supported (expected"
-            f" {VERSION})"
+            f" {VERSION} or {IID_ONLY_VERSION})"
         )
     if hashlib.sha256(envelope.payload).digest() != envelope.sha256:
         raise SketchFileError(f"{source}: checksum mismatch (the file is corrupted or truncated)")
@@ -180,6 +184,10 @@ def decode(data: bytes, source: str = "sketch") -> list[Sketch]:
         raise SketchFileError(f"{source}: the file holds no sketch")
     out = []
     for i, msg in enumerate(contents.sketches):
+        if msg.spec.kernel == "gaussian" and not msg.spec.frequencies:
+            if envelope.version != IID_ONLY_VERSION:
+                raise SketchFileError(f"{source}: sketch {i} names no frequency design")
+            msg.spec.frequencies = "iid"
         try:
             sketch = from_proto(msg)
         except ValueError as exc:

@@ -72,6 +72,7 @@ class SketchSection(_Section):
     hashes: int = Field(0, ge=0, le=64)
     buckets: int = Field(0, ge=0)
     projection_dim: int | None = Field(None, ge=1)
+    frequencies: Literal["orthogonal", "iid"] | None = None
     seed: int = Field(0, ge=0, le=2**63 - 1)
     noise: Literal["gaussian", "laplace"] = "gaussian"
     classes: list[str] | None = Field(None, min_length=2)
@@ -140,6 +141,7 @@ class SketchJob(_Section):
             hashes=s.hashes,
             buckets=s.buckets,
             projection_dim=s.projection_dim,
+            frequencies=s.frequencies,
         )
 
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0csketch.proto\x12\x11gramfed.sketch.v1\"\xb0\x01\n\nSketchSpec\x12\x0e\n\x06kernel\x18\x01 \x01(\t\x12\x11\n\tinput_dim\x18\x02 \x01(\r\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x11\n\tbandwidth\x18\x04 \x01(\x01\x12\x10\n\x08\x66\x65\x61tures\x18\x05 \x01(\r\x12\x13\n\x0brepetitions\x18\x06 \x01(\r\x12\x0e\n\x06hashes\x18\x07 \x01(\r\x12\x0f\n\x07\x62uckets\x18\x08 \x01(\r\x12\x16\n\x0eprojection_dim\x18\t \x01(\r\"]\n\x0cNoiseProfile\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\t\x12\x13\n\x0bsubgaussian\x18\x02 \x01(\x01\x12\x16\n\x0esubexponential\x18\x03 \x01(\x01\x12\x10\n\x08variance\x18\x04 \x01(\x01\"\xa9\x01\n\nProvenance\x12\x13\n\x0bledger_uuid\x18\x01 \x01(\t\x12\x11\n\tledger_id\x18\x02 \x01(\x04\x12\x12\n\nentry_hash\x18\x03 \x01(\t\x12\x0c\n\x04pool\x18\x04 \x01(\t\x12\x0b\n\x03rho\x18\x05 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x06 \x01(\x01\x12\x0c\n\x04unit\x18\x07 \x01(\t\x12\x14\n\x0cneighbouring\x18\x08 \x01(\t\x12\x11\n\tmechanism\x18\t \x01(\t\"\xd6\x01\n\x06Sketch\x12+\n\x04spec\x18\x01 \x01(\x0b\x32\x1d.gramfed.sketch.v1.SketchSpec\x12\x0e\n\x06values\x18\x02 \x03(\x01\x12\x0e\n\x06\x63ounts\x18\x03 \x03(\x12\x12\r\n\x05\x63ount\x18\x04 \x01(\x01\x12.\n\x05noise\x18\x05 \x01(\x0b\x32\x1f.gramfed.sketch.v1.NoiseProfile\x12\x31\n\nprovenance\x18\x06 \x03(\x0b\x32\x1d.gramfed.sketch.v1.Provenance\x12\r\n\x05label\x18\x07 \x01(\t\"8\n\tSketchSet\x12+\n\x08sketches\x18\x01 \x03(\x0b\x32\x19.gramfed.sketch.v1.Sketch\"M\n\nSketchFile\x12\r\n\x05magic\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x0e\n\x06sha256\x18\x04 \x01(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0csketch.proto\x12\x11gramfed.sketch.v1\"\xc5\x01\n\nSketchSpec\x12\x0e\n\x06kernel\x18\x01 \x01(\t\x12\x11\n\tinput_dim\x18\x02 \x01(\r\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x11\n\tbandwidth\x18\x04 \x01(\x01\x12\x10\n\x08\x66\x65\x61tures\x18\x05 \x01(\r\x12\x13\n\x0brepetitions\x18\x06 \x01(\r\x12\x0e\n\x06hashes\x18\x07 \x01(\r\x12\x0f\n\x07\x62uckets\x18\x08 \x01(\r\x12\x16\n\x0eprojection_dim\x18\t \x01(\r\x12\x13\n\x0b\x66requencies\x18\n \x01(\t\"]\n\x0cNoiseProfile\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\t\x12\x13\n\x0bsubgaussian\x18\x02 \x01(\x01\x12\x16\n\x0esubexponential\x18\x03 \x01(\x01\x12\x10\n\x08variance\x18\x04 \x01(\x01\"\xa9\x01\n\nProvenance\x12\x13\n\x0bledger_uuid\x18\x01 \x01(\t\x12\x11\n\tledger_id\x18\x02 \x01(\x04\x12\x12\n\nentry_hash\x18\x03 \x01(\t\x12\x0c\n\x04pool\x18\x04 \x01(\t\x12\x0b\n\x03rho\x18\x05 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x06 \x01(\x01\x12\x0c\n\x04unit\x18\x07 \x01(\t\x12\x14\n\x0cneighbouring\x18\x08 \x01(\t\x12\x11\n\tmechanism\x18\t \x01(\t\"\xd6\x01\n\x06Sketch\x12+\n\x04spec\x18\x01 \x01(\x0b\x32\x1d.gramfed.sketch.v1.SketchSpec\x12\x0e\n\x06values\x18\x02 \x03(\x01\x12\x0e\n\x06\x63ounts\x18\x03 \x03(\x12\x12\r\n\x05\x63ount\x18\x04 \x01(\x01\x12.\n\x05noise\x18\x05 \x01(\x0b\x32\x1f.gramfed.sketch.v1.NoiseProfile\x12\x31\n\nprovenance\x18\x06 \x03(\x0b\x32\x1d.gramfed.sketch.v1.Provenance\x12\r\n\x05label\x18\x07 \x01(\t\"8\n\tSketchSet\x12+\n\x08sketches\x18\x01 \x03(\x0b\x32\x19.gramfed.sketch.v1.Sketch\"M\n\nSketchFile\x12\r\n\x05magic\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x0e\n\x06sha256\x18\x04 \x01(\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,15 +32,15 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sketch_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SKETCHSPEC']._serialized_start=36
-  _globals['_SKETCHSPEC']._serialized_end=212
-  _globals['_NOISEPROFILE']._serialized_start=214
-  _globals['_NOISEPROFILE']._serialized_end=307
-  _globals['_PROVENANCE']._serialized_start=310
-  _globals['_PROVENANCE']._serialized_end=479
-  _globals['_SKETCH']._serialized_start=482
-  _globals['_SKETCH']._serialized_end=696
-  _globals['_SKETCHSET']._serialized_start=698
-  _globals['_SKETCHSET']._serialized_end=754
-  _globals['_SKETCHFILE']._serialized_start=756
-  _globals['_SKETCHFILE']._serialized_end=833
+  _globals['_SKETCHSPEC']._serialized_end=233
+  _globals['_NOISEPROFILE']._serialized_start=235
+  _globals['_NOISEPROFILE']._serialized_end=328
+  _globals['_PROVENANCE']._serialized_start=331
+  _globals['_PROVENANCE']._serialized_end=500
+  _globals['_SKETCH']._serialized_start=503
+  _globals['_SKETCH']._serialized_end=717
+  _globals['_SKETCHSET']._serialized_start=719
+  _globals['_SKETCHSET']._serialized_end=775
+  _globals['_SKETCHFILE']._serialized_start=777
+  _globals['_SKETCHFILE']._serialized_end=854
 # @@protoc_insertion_point(module_scope)

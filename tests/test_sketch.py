@@ -73,6 +73,7 @@ def test_merge_of_shard_sketches_equals_sketch_of_union(spec: SketchSpec, data: 
         ({"bandwidth": 1.5}, "bandwidth"),
         ({"features": 256}, "features"),
         ({"projection_dim": 2}, "projection_dim"),
+        ({"frequencies": "iid"}, "frequencies"),
     ],
 )
 def test_merge_refuses_incompatible_sketches(change: dict, field: str, data: np.ndarray) -> None:
@@ -97,6 +98,28 @@ def test_merge_refuses_another_kernel(data: np.ndarray) -> None:
         ({"kernel": "gaussian", "input_dim": 2, "seed": 1, "features": 8}, "bandwidth"),
         ({"kernel": "gaussian", "input_dim": 2, "seed": -1, "bandwidth": 1.0}, "seed"),
         ({"kernel": "angular", "input_dim": 2, "seed": 1, "bandwidth": 1.0}, "no bandwidth"),
+        (
+            {
+                "kernel": "gaussian",
+                "input_dim": 2,
+                "seed": 1,
+                "bandwidth": 1.0,
+                "features": 8,
+                "frequencies": "halton",
+            },
+            "unknown frequencies 'halton'",
+        ),
+        (
+            {
+                "kernel": "angular",
+                "input_dim": 2,
+                "seed": 1,
+                "repetitions": 4,
+                "hashes": 2,
+                "frequencies": "iid",
+            },
+            "describe RFF sketches",
+        ),
         (
             {"kernel": "l2", "input_dim": 2, "seed": 1, "bandwidth": 1.0, "repetitions": 4},
             "hashes",
@@ -157,6 +180,85 @@ def test_rff_features_come_in_cos_sin_pairs() -> None:
     torch.testing.assert_close(sin, torch.sin(arguments), atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="features must be even"):
         SketchSpec("gaussian", 3, seed=1, bandwidth=1.0, features=63)
+
+
+def test_orthogonal_frequencies_are_orthogonal_blocks_with_stratified_chi_radii() -> None:
+    """Blocks of d' orthonormal directions (a last, partial block too); the p-th radius, times
+    h, lies in the p-th of D / 2 equal-probability strata of the chi law on d' degrees."""
+    from scipy.stats import chi
+
+    spec = SketchSpec("gaussian", 3, seed=2, bandwidth=0.5, features=22)  # 11 = 3 + 3 + 3 + 2
+    w = rff.frequencies(spec)
+    assert w.shape == (3, 11)
+    radii = np.linalg.norm(w, axis=0)
+    for start in range(0, 11, 3):
+        block = w[:, start : start + 3] / radii[start : start + 3]
+        np.testing.assert_allclose(block.T @ block, np.eye(block.shape[1]), atol=1e-12)
+    strata = chi.cdf(radii * spec.bandwidth, 3) * 11
+    np.testing.assert_array_equal(np.floor(strata + 1e-9), np.arange(11))
+    assert spec.frequencies == "orthogonal" and "(orthogonal)" in spec.describe()
+
+
+def test_both_frequency_designs_estimate_the_kernel_without_bias() -> None:
+    """Over 400 seeds, the mean of phi(x)' phi(y) is k(x, y) within 4 standard errors, for
+    pairs near and far; each design's spread is that of its own seeds."""
+    x = np.array([[0.0, 0.0, 0.0], [0.3, -0.2, 0.1], [1.0, 1.0, -1.0], [2.0, -1.5, 0.5]])
+    exact = np.exp(-np.sum(x[1:] ** 2, axis=1) / 2)
+    for design in ("orthogonal", "iid"):
+        estimates = []
+        for seed in range(400):
+            spec = SketchSpec(
+                "gaussian", 3, seed=seed, bandwidth=1.0, features=8, frequencies=design
+            )
+            phi = (
+                rff.RandomFourierFeatures(spec, torch.device("cpu"))(
+                    torch.as_tensor(x, dtype=torch.float32)
+                )
+                .double()
+                .numpy()
+            )
+            estimates.append(phi[1:] @ phi[0])
+        estimates = np.array(estimates)
+        error = estimates.std(axis=0, ddof=1) / math.sqrt(len(estimates))
+        assert np.all(np.abs(estimates.mean(axis=0) - exact) <= 4 * error), design
+
+
+def test_orthogonal_frequencies_approximate_the_kde_better_than_iid(
+    data: np.ndarray, rng: np.random.Generator
+) -> None:
+    queries = rng.standard_normal((200, 3))
+    spec = SketchSpec("gaussian", 3, seed=0, bandwidth=1.0, features=256)
+    exact = exact_kde(exact_kernel(spec), data, queries, device="cpu")
+    mean_error = {}
+    for design in ("orthogonal", "iid"):
+        errors = []
+        for seed in range(8):
+            s = replace(spec, seed=seed, frequencies=design)
+            estimate = SketchQuery(noiseless(accumulate(s, data)), device="cpu").density(queries)
+            errors.append(float((estimate - exact).abs().mean()))
+        mean_error[design] = np.mean(errors)
+    assert mean_error["orthogonal"] < 0.5 * mean_error["iid"]
+
+
+@pytest.mark.parametrize("design", ["orthogonal", "iid"])
+def test_approximation_term_covers_the_feature_error_of_either_design(
+    design: str, data: np.ndarray, rng: np.random.Generator
+) -> None:
+    """Noise-free sketches over 20 seeds: the error stays inside the approximation term at
+    confidence 0.9 for (far) more than 90% of the queries; the orthogonal design's term is the
+    iid one times sqrt(min(d', D / 2) + 1)."""
+    queries = rng.standard_normal((100, 3))
+    spec = SketchSpec("gaussian", 3, seed=0, bandwidth=1.0, features=64, frequencies=design)
+    exact = exact_kde(exact_kernel(spec), data, queries, device="cpu")
+    term = query_module.rff_approximation(spec, 0.1)
+    iid_term = math.sqrt(4 * math.log(4 / 0.1) / 64)
+    assert term == pytest.approx(iid_term * (2.0 if design == "orthogonal" else 1.0))
+    covered = []
+    for seed in range(20):
+        s = replace(spec, seed=seed)
+        estimate = SketchQuery(noiseless(accumulate(s, data)), device="cpu").density(queries)
+        covered.append(float(((estimate - exact).abs() <= term).double().mean()))
+    assert min(covered) >= 0.9
 
 
 @pytest.mark.parametrize("spec", [LAPLACIAN, L2, ANGULAR], ids=lambda s: s.kernel)
@@ -296,7 +398,8 @@ def test_rff_bound_covers_the_float32_rounding_of_queries(
     error = (engine.density(queries) - exact / sketch.count).abs()
     # Noise-free, so the bound is the approximation term plus the rounding term alone.
     beta = 0.05
-    rounding = engine.error_bound(queries, 1 - beta) - math.sqrt(4 * math.log(4 / beta) / 2048)
+    approximation = query_module.rff_approximation(sketch.spec, beta)
+    rounding = engine.error_bound(queries, 1 - beta) - approximation
     assert bool((error <= rounding).all())
     # Far queries do lose precision in float32 (the term is not covering a zero error).
     assert float(error[-30:].max()) > 100 * float(error[:30].max())

@@ -174,6 +174,34 @@ def test_user_errors_are_one_line(folder: Path, key_path: Path) -> None:
         ),
         "cannot merge incompatible sketches: kernel 'gaussian' != 'angular'",
     )
+    iid = write_job(
+        folder,
+        key_path,
+        "i",
+        "b.npy",
+        sketch='kernel = "gaussian"\nbandwidth = 1.0\nfeatures = 256\nseed = 3\n'
+        'frequencies = "iid"',
+    )
+    assert invoke("sketch", "build", str(iid))[0] == 0
+    one_line_error(
+        *invoke(
+            "sketch",
+            "merge",
+            str(folder / "a.gfs"),
+            str(folder / "i.gfs"),
+            "-o",
+            str(folder / "x.gfs"),
+        ),
+        "cannot merge incompatible sketches: frequencies 'orthogonal' != 'iid'",
+    )
+    hashed = write_job(
+        folder,
+        key_path,
+        "h",
+        "a.npy",
+        sketch='kernel = "angular"\nrepetitions = 8\nhashes = 2\nfrequencies = "iid"',
+    )
+    one_line_error(*invoke("sketch", "build", str(hashed)), "describe RFF sketches")
     broken = folder / "broken.gfs"
     broken.write_bytes((folder / "a.gfs").read_bytes()[:-9])
     one_line_error(

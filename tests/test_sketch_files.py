@@ -5,6 +5,7 @@ import hashlib
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from gramfed.platform.sketch_files import (
     load_sketch,
     load_sketches,
     save_sketches,
+    to_proto,
 )
 from gramfed.platform.sketch_release import release_sketch
 from gramfed.privacy.budget import PoolSpec, Rho
@@ -128,6 +130,23 @@ def test_inconsistent_contents_are_refused_even_with_a_valid_checksum(gate: Gate
     for other in (1, VERSION + 1):
         with pytest.raises(SketchFileError, match=f"version {other} is not supported"):
             decode(_reframe(original, version=other), "f.gfs")
+
+
+def test_version_2_files_are_read_with_the_iid_frequencies_they_were_built_with(
+    gate: Gate,
+) -> None:
+    """Version 2 predates the frequency design field: its gaussian sketches drew iid
+    frequencies. A version 3 gaussian spec must name its design."""
+    iid = released(gate, replace(RFF, frequencies="iid"))
+    msg = to_proto(iid)
+    msg.spec.ClearField("frequencies")
+    [loaded] = decode(_reframe(msg, version=2), "old.gfs")
+    assert loaded.spec == iid.spec and loaded.spec.frequencies == "iid"
+    np.testing.assert_array_equal(loaded.values, iid.values)
+    with pytest.raises(SketchFileError, match="sketch 0 names no frequency design"):
+        decode(_reframe(msg), "new.gfs")
+    [lsh] = decode(_reframe(to_proto(released(gate, LSH)), version=2), "old.gfs")
+    assert lsh.spec.frequencies is None
 
 
 def test_generated_module_is_in_sync_with_the_proto(tmp_path: Path) -> None:

@@ -11,10 +11,16 @@ Estimates of ``f(y) = (1/n) sum_i k(x_i, y)``:
 Error bound (``error_bound``), pointwise in y, holding with probability ``confidence`` over the
 sketch's random features and noise (union bound over three events):
 
-* approximation, failure beta/2 (Hoeffding over the D / 2 frequencies or R repetitions, which
-  are independent): each RFF pair's term ``mean_i cos(w_p'(y - x_i))`` lies in [-1, 1], so
-  ``|phi(y)'S/n - f(y)| <= sqrt(4 log(4/beta) / D)``; each RACE term lies in [0, 1], so
-  ``|c - E c| <= sqrt(log(4/beta) / (2 R))``;
+* approximation, failure beta/2. The RFF estimate without noise is the mean over the M = D / 2
+  frequencies of ``g_p = mean_i cos(w_p'(y - x_i))``, each in [-1, 1], with mean f(y)
+  (``rff``). McDiarmid's inequality over independent variables that change it by at most c_k
+  each gives ``|phi(y)'S/n - f(y)| <= sqrt(sum_k c_k^2 log(4/beta) / 2)``. With ``iid``
+  frequencies those variables are the frequencies, c = 2 / M each (Hoeffding):
+  ``sqrt(4 log(4/beta) / D)``. With ``orthogonal`` ones they are the rotations, one moving its
+  block's n_b <= d'' = min(d', M) terms (c = 2 n_b / M, and sum n_b^2 <= d'' M), and the
+  strata's uniforms U_p (c = 2 / M), so ``sum c^2 <= 4 (d'' + 1) / M`` and the term is
+  ``sqrt(4 (d'' + 1) log(4/beta) / D)``. Each RACE term lies in [0, 1] and the R repetitions
+  are independent, so ``|c - E c| <= sqrt(log(4/beta) / (2 R))``;
 * numerator noise eta = phi(y)'N (RFF) or (1/R) sum of R count noises (LSH), failure beta/4,
   from the noise profile's tails;
 * count noise e, failure beta/4. With A the noise-free ratio (|A| <= 1 for both; for RFF
@@ -175,7 +181,7 @@ class SketchQuery:
         gamma_d = _gamma(spec.features)
         l2 = l2 * (1.0 + gamma_d) + math.sqrt(spec.features) * dc
         linf = 0.0 if linf is None else linf + dc
-        approx = math.sqrt(4.0 * math.log(4.0 / beta) / spec.features)
+        approx = rff_approximation(spec, beta)
         t_eta = self.sketch.noise.tail(l2 * scale, linf * scale, beta / 4)
         rounding = self._values_l1 * (gamma_d + dc + 2.0 * UNIT_ROUNDOFF) / n
         return approx + (t_eta + t_count) / (n - t_count) + rounding
@@ -203,6 +209,13 @@ class SketchQuery:
         if spec.kernel != "angular":
             bound /= 1.0 - 1.0 / spec.buckets
         return torch.full((m,), bound, dtype=torch.float64)
+
+
+def rff_approximation(spec: SketchSpec, beta: float) -> float:
+    """The RFF bound's approximation term at failure probability beta / 2 (module docstring)."""
+    # sum_k c_k^2 = 4 spread / M: spread 1 for iid frequencies, d'' + 1 for orthogonal blocks.
+    spread = 1 if spec.frequencies == "iid" else min(spec.featurised_dim, spec.features // 2) + 1
+    return math.sqrt(4.0 * spread * math.log(4.0 / beta) / spec.features)
 
 
 def _gamma(k: int) -> float:

@@ -23,6 +23,8 @@ import numpy as np
 
 Kernel = Literal["gaussian", "laplacian", "l2", "angular"]
 KERNELS: tuple[str, ...] = ("gaussian", "laplacian", "l2", "angular")
+Frequencies = Literal["orthogonal", "iid"]
+FREQUENCY_DESIGNS: tuple[str, ...] = ("orthogonal", "iid")
 LSH_KERNELS: tuple[str, ...] = ("laplacian", "l2", "angular")
 MAX_SEED = 2**63 - 1
 
@@ -39,7 +41,9 @@ class SketchSpec:
     frequencies, each a cos/sin pair); ``repetitions`` R,
     ``hashes`` K per repetition and ``buckets`` W per repetition describe an LSH sketch (the
     other kernels). ``projection_dim`` k, if set, maps inputs by a seeded Gaussian random
-    projection R^d -> R^k before featurisation.
+    projection R^d -> R^k before featurisation. ``frequencies`` is how a gaussian sketch draws
+    its frequencies (``gramfed.workers.sketch.rff``): ``orthogonal`` (the default) or ``iid``;
+    the LSH kernels have none and leave it unset.
     """
 
     kernel: Kernel
@@ -51,6 +55,7 @@ class SketchSpec:
     hashes: int = 0
     buckets: int = 0
     projection_dim: int | None = None
+    frequencies: Frequencies | None = None
 
     def __post_init__(self) -> None:
         if self.kernel not in KERNELS:
@@ -70,6 +75,13 @@ class SketchSpec:
         if self.projection_dim is not None:
             _positive("projection_dim", self.projection_dim)
         if self.is_rff:
+            if self.frequencies is None:
+                object.__setattr__(self, "frequencies", "orthogonal")
+            elif self.frequencies not in FREQUENCY_DESIGNS:
+                raise ValueError(
+                    f"unknown frequencies {self.frequencies!r}; choose from"
+                    f" {', '.join(FREQUENCY_DESIGNS)}"
+                )
             _positive("features", self.features)
             if self.features % 2:
                 raise ValueError(
@@ -81,8 +93,10 @@ class SketchSpec:
                     " sketch takes only features"
                 )
             return
-        if self.features:
-            raise ValueError(f"features describes RFF sketches; a {self.kernel} sketch is LSH")
+        if self.features or self.frequencies is not None:
+            raise ValueError(
+                f"features and frequencies describe RFF sketches; a {self.kernel} sketch is LSH"
+            )
         _positive("repetitions", self.repetitions)
         _positive("hashes", self.hashes)
         if self.kernel == "angular":
@@ -116,7 +130,7 @@ class SketchSpec:
         if self.bandwidth is not None:
             parts.append(f"bandwidth={self.bandwidth:g}")
         if self.is_rff:
-            parts.append(f"features={self.features}")
+            parts.append(f"features={self.features} ({self.frequencies})")
         else:
             parts.append(f"R={self.repetitions} K={self.hashes} W={self.buckets}")
         if self.projection_dim:
