@@ -18,6 +18,7 @@ exactly the target distribution.
 
 from __future__ import annotations
 
+import functools
 import math
 from fractions import Fraction
 
@@ -276,14 +277,63 @@ def _bernoulli_exp_le1_array(n: np.ndarray, d: int, words: _WordStream) -> np.nd
 
 
 def _exp_minus_one_runs(size: int, words: _WordStream) -> np.ndarray:
-    """Successes of Bernoulli(exp(-1)) before the first failure: P[V >= v] = exp(-v)."""
-    runs = np.zeros(size, np.int64)
-    running = np.arange(size)
-    while running.size:
-        hit = _bernoulli_exp_le1_array(np.ones(running.size, np.int64), 1, words)
-        runs[running[hit]] += 1
-        running = running[hit]
-    return runs
+    """Successes of Bernoulli(exp(-1)) before the first failure: P[V >= v] = exp(-v).
+
+    V is #{v >= 1: U < exp(-v)} for U uniform on [0, 1), read from one word W per draw, the
+    leading 64 bits of U: W < T_v = floor(exp(-v) 2^64) means U < exp(-v), and W > T_v means
+    U > exp(-v). Only W = T_v for some v (or W = 0, below every T_v for v > 44) leaves one
+    undecided; those draws (probability about 2^-58) read more bits of U, exactly, in
+    ``_exp_minus_one_run_from``. One word per draw replaces a loop of rejection rounds.
+    """
+    thresholds = _run_thresholds()  # ascending: T_44, ..., T_1
+    w = words.take(size)
+    below = np.searchsorted(thresholds, w, side="left")
+    above = np.searchsorted(thresholds, w, side="right")
+    runs = thresholds.size - above  # #{v: T_v > W}
+    for i in np.flatnonzero((below != above) | (w == 0)):
+        runs[i] = _exp_minus_one_run_from(int(w[i]), words)
+    return runs.astype(np.int64)
+
+
+def _exp_minus_one_run_from(word: int, words: _WordStream) -> int:
+    """V of ``_exp_minus_one_runs`` for a U whose leading 64 bits are ``word``, reading further
+    words of U while the prefix equals some v's threshold at its length."""
+    prefix, bits = word, 64
+    while True:
+        v = 1
+        while (threshold := _exp_neg_floor(v, bits)) > prefix:
+            v += 1  # U < exp(-v) for sure
+        if threshold < prefix:
+            return v - 1  # U > exp(-v), and so for every larger v
+        prefix, bits = (prefix << 64) | int(words.take(1)[0]), bits + 64
+
+
+@functools.cache
+def _run_thresholds() -> np.ndarray:
+    """floor(exp(-v) 2^64) for v = 44, ..., 1 (ascending; v = 45 and on give 0)."""
+    return np.array([_exp_neg_floor(v, 64) for v in range(44, 0, -1)], dtype=np.uint64)
+
+
+@functools.lru_cache(maxsize=1024)
+def _exp_neg_floor(v: int, bits: int) -> int:
+    """floor(exp(-v) 2^bits) exactly, for an integer v >= 1.
+
+    The partial sum S of exp(v) = sum_k v^k / k! up to k = n bounds it from below, and for
+    n + 2 > v the rest is below r (n + 2) / (n + 2 - v) with r = v^(n+1) / (n+1)!, so
+    exp(-v) 2^bits lies between 2^bits / (S + rest) and 2^bits / S. exp(-v) is irrational, so
+    enough terms always put both bounds between the same two integers.
+    """
+    terms = 2 * v + bits
+    while True:
+        total, term = Fraction(0), Fraction(1)
+        for k in range(terms + 1):
+            total += term
+            term = term * v / (k + 1)
+        rest = term * Fraction(terms + 2, terms + 2 - v)
+        low, high = (2**bits / (total + rest)).__floor__(), (2**bits / total).__floor__()
+        if low == high:
+            return low
+        terms *= 2
 
 
 def _discrete_laplace_batch(t: int, s: int, size: int, words: _WordStream) -> np.ndarray:

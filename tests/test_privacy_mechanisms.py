@@ -5,6 +5,7 @@ samples with the exact claimed distribution (chi-square on integer values, Kolmo
 on real ones) and checks that a 10% error in the scale would have been caught.
 """
 
+import decimal
 import math
 from fractions import Fraction
 
@@ -149,6 +150,45 @@ def test_batched_bernoulli_exp_is_exact_past_its_batched_rounds(monkeypatch) -> 
     big = np.array([3 * 2**80 + 7] * N, dtype=object)  # floor(n / d) = 3: a run, then a remainder
     hits = samplers._bernoulli_exp_ratio(big, 2**80, words)
     assert stats.binomtest(int(hits.sum()), N, math.exp(-3 - 7 / 2**80)).pvalue > ALPHA
+
+
+def test_runs_of_exp_minus_one_are_geometric() -> None:
+    # P[V = v] = exp(-v) (1 - exp(-1)), from one word per draw.
+    runs = samplers._exp_minus_one_runs(N, samplers._WordStream(SeededBits(36)))
+    observed = np.bincount(np.minimum(runs, 8), minlength=9)
+    expected = np.exp(-np.arange(9.0)) * (1 - math.exp(-1))
+    expected[8] = math.exp(-8.0)  # P[V >= 8]
+    assert stats.chisquare(observed, expected * N).pvalue > ALPHA
+    assert runs.min() == 0
+
+
+def test_exp_thresholds_are_exact_floors() -> None:
+    decimal.getcontext().prec = 120
+    for v, bits in [(1, 64), (3, 64), (44, 64), (45, 64), (45, 128), (2, 192)]:
+        exact = (decimal.Decimal(-v).exp() * 2**bits).to_integral_value(decimal.ROUND_FLOOR)
+        assert samplers._exp_neg_floor(v, bits) == int(exact)
+
+
+@pytest.mark.parametrize("v", [1, 2, 44])
+def test_runs_read_more_bits_exactly_when_a_word_ties_a_threshold(v: int) -> None:
+    """A first word equal to T_v leaves V in {v - 1, v}: V = v exactly when the rest of U lies
+    below the rest of exp(-v)'s expansion, which the next word settles."""
+    tied = samplers._exp_neg_floor(v, 64)
+    below = samplers._exp_neg_floor(v, 128) - (tied << 64)  # the next 64 bits of exp(-v)
+
+    class Words:
+        def __init__(self, nxt: int) -> None:
+            self.nxt = nxt
+
+        def take(self, count: int) -> np.ndarray:
+            return np.full(count, self.nxt, dtype=np.uint64)
+
+    assert samplers._exp_minus_one_run_from(tied, Words(below - 1)) == v
+    assert samplers._exp_minus_one_run_from(tied, Words(below + 1)) == v - 1
+    # From W = 0, U < 2^-64 < exp(-44): V >= 44, and further words decide how far it runs.
+    assert samplers._exp_minus_one_run_from(0, Words(2**64 - 1)) == 44  # exp(-45) < U
+    assert samplers._exp_minus_one_run_from(0, Words(2**63)) == 45  # exp(-46) < U < exp(-45)
+    assert samplers._exp_minus_one_run_from(0, Words(1)) == 88  # 2^-128 <= U < 2^-127
 
 
 def test_array_samplers_use_any_random_bits_source() -> None:

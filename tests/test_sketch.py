@@ -150,6 +150,12 @@ def test_bad_inputs_are_refused(data: np.ndarray) -> None:
     bad[2, 1] = np.nan
     with pytest.raises(ValueError, match="NaN or infinity"):
         accumulate(LAPLACIAN, bad, device="cpu")
+    bad[2, 1] = -np.inf
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        accumulate(GAUSSIAN, bad, device="cpu")
+    # finite inputs whose sum overflows are still finite inputs
+    huge = np.full((4, 3), 1e308)
+    assert accumulate(ANGULAR, huge, device="cpu").count == 4
 
 
 def test_rff_sensitivity_bounds_hold_for_any_record(rng: np.random.Generator) -> None:
@@ -449,6 +455,23 @@ def test_rows_are_grouped_by_label_name(data: np.ndarray) -> None:
     np.testing.assert_array_equal(sums["2"].values, accumulate(ANGULAR, data[2:300:3]).values)
     with pytest.raises(ValueError, match="rows but 299 labels"):
         accumulate_by_label(ANGULAR, data[:300], y[:299], ["1", "2"])
+
+
+@pytest.mark.parametrize("spec", [GAUSSIAN, L2], ids=lambda s: s.kernel)
+def test_class_sums_from_one_pass_equal_each_class_on_its_own(
+    spec: SketchSpec, data: np.ndarray, rng: np.random.Generator
+) -> None:
+    """Interleaved labels, chunks and sum blocks that cut across classes, an empty class."""
+    y = rng.choice(["a", "b", "c"], size=len(data), p=[0.6, 0.3, 0.1])
+    sums = accumulate_by_label(spec, data, y, ["a", "b", "c", "empty"], rows_per_chunk=700)
+    assert sums["empty"].count == 0 and not sums["empty"].values.any()
+    for label in "abc":
+        alone = accumulate(spec, data[y == label], device="cpu")
+        assert sums[label].count == alone.count == int((y == label).sum())
+        if spec.is_rff:
+            np.testing.assert_allclose(sums[label].values, alone.values, rtol=0, atol=1e-9)
+        else:
+            np.testing.assert_array_equal(sums[label].values, alone.values)
 
 
 @pytest.mark.parametrize("spec", [GAUSSIAN, ANGULAR], ids=lambda s: s.kernel)

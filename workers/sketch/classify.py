@@ -31,11 +31,12 @@ from torch import Tensor
 from gramfed.workers.device import resolve_device
 from gramfed.workers.sketch.accumulate import (
     QUERY_CHUNK_BYTES,
+    ChunkHook,
     SketchSums,
-    accumulate,
     as_inputs,
     chunk_rows,
     featuriser,
+    grouped_sums,
     rff_cosines,
 )
 from gramfed.workers.sketch.rff import RandomFourierFeatures
@@ -48,12 +49,16 @@ def accumulate_by_label(
     x: np.ndarray | Tensor,
     y: np.ndarray | Sequence[object],
     labels: Sequence[str],
-    **options: object,
+    *,
+    device: str | torch.device | None = "auto",
+    rows_per_chunk: int | None = None,
+    on_chunk: ChunkHook | None = None,
 ) -> dict[str, SketchSums]:
     """Exact sums of the rows of each class; ``labels`` are the public class names.
 
     A label with no rows gets zero sums (its count is then pure noise once released), and a row
-    whose label is not listed is refused: dropping it silently would change the data.
+    whose label is not listed is refused: dropping it silently would change the data. One pass
+    over the rows sums every class (``grouped_sums``).
     """
     # Group by the distinct values (a sort), naming only those: str() per row costs more than
     # hashing a million rows. Values of mixed types do not sort; their names do.
@@ -71,14 +76,12 @@ def accumulate_by_label(
         raise ValueError(f"{inputs.shape[0]} rows but {group.size} labels")
     # Values with equal names (1 and "1") are one class.
     position = {label: i for i, label in enumerate(labels)}
-    group = np.array([position[name] for name in names], dtype=np.int64)[group.ravel()]
-    order = torch.from_numpy(np.argsort(group, kind="stable"))
-    sizes = np.bincount(group, minlength=len(labels)).tolist()
-    parts = torch.split(inputs[order], sizes)
-    return {
-        label: accumulate(spec, part, **options)  # type: ignore[arg-type]
-        for label, part in zip(labels, parts, strict=True)
-    }
+    code = np.array([position[name] for name in names], dtype=np.int64)[group.ravel()]
+    feature = featuriser(spec, resolve_device(device))
+    sums = grouped_sums(
+        feature, inputs, torch.from_numpy(code), len(labels), rows_per_chunk, on_chunk
+    )
+    return dict(zip(labels, sums, strict=True))
 
 
 def class_spec(sketches: Mapping[str, Sketch]) -> tuple[list[str], SketchSpec]:

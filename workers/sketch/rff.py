@@ -50,6 +50,7 @@ at equal epsilon for any delta > 0.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -83,7 +84,7 @@ class RandomFourierFeatures:
         self.spec = spec
         self.device = device
         self.projection = projection_matrix(spec, device)
-        self.weights = torch.as_tensor(frequencies(spec), dtype=torch.float32, device=device)
+        self.weights = torch.tensor(frequencies(spec), dtype=torch.float32, device=device)
         self.scale = math.sqrt(2.0 / spec.features)
 
     def __call__(self, x: Tensor) -> Tensor:
@@ -113,9 +114,17 @@ class RandomFourierFeatures:
         return out
 
 
+@functools.lru_cache(maxsize=8)
 def frequencies(spec: SketchSpec) -> np.ndarray:
     """The (d', D / 2) frequencies of a gaussian spec as columns, by its design (module
-    docstring), from its public seed."""
+    docstring), from its public seed; read-only, computed once per spec (a class-by-class build
+    and the models that read its release all featurise with the same spec)."""
+    w = _draw_frequencies(spec)
+    w.flags.writeable = False
+    return w
+
+
+def _draw_frequencies(spec: SketchSpec) -> np.ndarray:
     assert spec.bandwidth is not None
     dim, count = spec.featurised_dim, spec.features // 2
     if spec.frequencies == "iid":
