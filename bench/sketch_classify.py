@@ -136,7 +136,7 @@ GRID = (
     ),
     *(
         Setting("gaussian", d, bandwidth_scale=b, rank=q, rule="gaussian")
-        for d in (256, 1024, 4096)
+        for d in (64, 128, 256, 1024, 4096)
         for b in (0.7, 1.0)
         for q in (10, 20, 40)
     ),

@@ -211,14 +211,14 @@ class _WordStream:
         return words.view(np.uint32)[:count]
 
     def _words(self, count: int) -> np.ndarray:
-        parts = []
+        parts = [np.zeros(0, np.uint64)]
         while count > 0:
             if not self._buffer.size:
                 self._buffer = self._fetch()
             part, self._buffer = self._buffer[:count], self._buffer[count:]
             parts.append(part)
             count -= part.size
-        return np.concatenate(parts) if len(parts) != 1 else parts[0]
+        return np.concatenate(parts) if len(parts) > 2 else parts[-1]
 
     def _fetch(self) -> np.ndarray:
         if callable(self._block):
@@ -231,21 +231,32 @@ class _WordStream:
 def _randbelow_array(bounds: np.ndarray, words: _WordStream) -> np.ndarray:
     """Uniform on {0, ..., b - 1} for each int64 bound 1 <= b < 2^63.
 
-    The low bits of a word under the smallest all-ones mask covering b - 1 are uniform on
-    [0, mask]; a draw >= b is redrawn (rejection, no modulo bias; at most half are redrawn).
-    Bounds up to 2^32 take 32-bit halves of words.
+    Bounds up to 2^32 take Lemire's multiply-and-shift on 32-bit halves of words (ACM TOMACS
+    2019): for X uniform on [0, 2^32), X b = H 2^32 + L, and H is uniform on [0, b) given
+    L >= 2^32 mod b (a draw is redrawn with probability below b / 2^32). Larger bounds take
+    the low bits of a word under the smallest all-ones mask covering b - 1, redrawing a draw
+    >= b (at most half are redrawn). Neither has a modulo bias.
     """
     largest = int(bounds.max(initial=1))
     if largest == 1:
         return np.zeros(bounds.size, np.int64)
-    bits, dtype = (32, np.uint32) if largest <= 2**32 else (64, np.uint64)
-    mask = (bounds - 1).astype(dtype)
-    for shift in (1, 2, 4, 8, 16, 32)[: 5 if bits == 32 else 6]:
-        mask |= mask >> dtype(shift)
     out = np.empty(bounds.size, np.int64)
     todo = np.arange(bounds.size)
+    if largest <= 2**32:
+        wide = bounds.astype(np.uint64)
+        low_bits = np.uint64(2**32 - 1)
+        floor = (np.uint64(2**32) - wide) % wide  # 2^32 mod b
+        while todo.size:
+            product = words.take(todo.size, 32).astype(np.uint64) * wide[todo]
+            ok = (product & low_bits) >= floor[todo]
+            out[todo[ok]] = (product[ok] >> np.uint64(32)).astype(np.int64)
+            todo = todo[~ok]
+        return out
+    mask = (bounds - 1).astype(np.uint64)
+    for shift in (1, 2, 4, 8, 16, 32):
+        mask |= mask >> np.uint64(shift)
     while todo.size:
-        draw = (words.take(todo.size, bits) & mask[todo]).astype(np.int64)
+        draw = (words.take(todo.size) & mask[todo]).astype(np.int64)
         ok = draw < bounds[todo]
         out[todo[ok]] = draw[ok]
         todo = todo[~ok]

@@ -152,6 +152,19 @@ def test_batched_bernoulli_exp_is_exact_past_its_batched_rounds(monkeypatch) -> 
     assert stats.binomtest(int(hits.sum()), N, math.exp(-3 - 7 / 2**80)).pvalue > ALPHA
 
 
+@pytest.mark.parametrize("bound", [3, 7, 2**31 + 1, 2**32, 3 * 2**40 + 5])
+def test_batched_randbelow_is_uniform_on_both_paths(bound: int) -> None:
+    """32-bit bounds by multiply-and-shift, larger ones by masking: values below the bound,
+    uniform over 10 equal-width cells (and over all values for the small bounds)."""
+    draws = samplers._randbelow_array(
+        np.full(N, bound, dtype=np.int64), samplers._WordStream(SeededBits(bound))
+    )
+    assert draws.min() >= 0 and draws.max() < bound
+    cells = min(bound, 10)
+    counts = np.bincount(draws * cells // bound, minlength=cells)
+    assert stats.chisquare(counts).pvalue > ALPHA
+
+
 def test_runs_of_exp_minus_one_are_geometric() -> None:
     # P[V = v] = exp(-v) (1 - exp(-1)), from one word per draw.
     runs = samplers._exp_minus_one_runs(N, samplers._WordStream(SeededBits(36)))

@@ -146,25 +146,21 @@ def grouped_sums(
         # Summed in float64: a float32 sum's rounding (about 1e-4 of a 2,000-row chunk's total)
         # depends on the other records, which would break the one-record sensitivity the
         # release is calibrated to; float64's is 1e9 times smaller. Blocks of rows are copied
-        # into a small float64 buffer and summed by a product with their (groups, rows)
-        # indicator matrix (BLAS speed; a float64 reduction over rows is 20x slower). The
-        # features' common scale is applied once.
+        # into a small float64 buffer and added row by row into their group's sum (index_add:
+        # 0.26-0.72 ns a value on a 2-core EPYC, against 0.2-0.3 for a product with a row of
+        # ones and 1.6-2.5 for one with the groups' indicator matrix; torch.sum over rows in
+        # float64 is 20x slower). The features' common scale is applied once.
         block = min(max(1, SUM_BLOCK_BYTES // (8 * spec.features)), rows, inputs.shape[0])
         wide = torch.empty(block, spec.features, dtype=torch.float64, device=dev)
-        ones = torch.ones(1, block, dtype=torch.float64, device=dev)
-        indicator = torch.empty(groups, block, dtype=torch.float64, device=dev)
-        columns = torch.arange(block, device=dev)
+        if group is None:
+            group = torch.zeros(inputs.shape[0], dtype=torch.int64, device=dev)
         done = 0
         for chunk, cosines in rff_cosines(feature, inputs, rows):
             for start in range(0, chunk.shape[0], block):
                 part = cosines[start : start + block]
                 k = part.shape[0]
-                if group is None:
-                    weights = ones[:, :k]
-                else:
-                    weights = indicator[:, :k].zero_()
-                    weights[group[done + start : done + start + k], columns[:k]] = 1.0
-                total.addmm_(weights, wide[:k].copy_(part))
+                rows_group = group[done + start : done + start + k]
+                total.index_add_(0, rows_group, wide[:k].copy_(part))
             done += chunk.shape[0]
             if on_chunk is not None:
                 on_chunk(chunk.shape[0])
