@@ -13,7 +13,8 @@ delta)), classified by the largest joint density (class prior weighting) after p
 released sums on the span of the public rows' features, or on its ``rank`` leading directions
 (post-processing; see ``gramfed.workers.sketch.classify``), or, for gaussian sketches, by
 Gaussian class densities with a shared covariance in those directions (``rule="gaussian"``,
-``gramfed.workers.sketch.discriminant``; post-processing of the same release).
+``gramfed.workers.sketch.discriminant``, with the class means refined by EM on the unlabelled
+public rows; post-processing of the same release).
 
 Settings are chosen without the test split. For each data set and epsilon, every setting of the
 public grid ``GRID`` (angular LSH with R repetitions and K hashes, or gaussian RFF with D
@@ -119,7 +120,7 @@ class Setting:
         if self.rule == "gaussian":
             return (
                 f"gaussian D={self.size}, {self.bandwidth_scale:g} x median, class Gaussians"
-                f" on {rank}, floor {self.floor:g}"
+                f" on {rank}, floor {self.floor:g}, EM on public rows"
             )
         if self.kernel == "gaussian":
             return f"gaussian D={self.size}, {self.bandwidth_scale:g} x median bandwidth, {rank}"

@@ -136,6 +136,12 @@ def test_class_sketches_classify(folder: Path, key_path: Path, rng: np.random.Ge
     assert json.loads(out)["accuracy"] > 0.9
     code, out = invoke(*gaussian, "--rule", "gaussian", *public, "--floor", "-1")
     one_line_error(code, out, "floor must be positive and finite, got -1.0")
+    code, out = invoke(*gaussian, "--rule", "gaussian", *public, "--em-steps", "-2")
+    one_line_error(code, out, "em_steps must be a non-negative integer, got -2")
+    code, out = invoke(
+        *gaussian, "--label", "y", "--rule", "gaussian", *public, "--em-steps", "0", "--json"
+    )
+    assert code == 0 and json.loads(out)["accuracy"] > 0.9, out
 
 
 def one_line_error(code: int, out: str, fragment: str) -> None:

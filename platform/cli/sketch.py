@@ -16,7 +16,11 @@ from gramfed.platform.sketch_build import run_sketch_job
 from gramfed.platform.sketch_files import load_sketch, load_sketches, save_sketches
 from gramfed.platform.sketchspec import class_names, load_points, load_sketch_job
 from gramfed.workers.sketch.classify import SketchClassifier
-from gramfed.workers.sketch.discriminant import DEFAULT_RANK, SketchDiscriminant
+from gramfed.workers.sketch.discriminant import (
+    DEFAULT_EM_STEPS,
+    DEFAULT_RANK,
+    SketchDiscriminant,
+)
 from gramfed.workers.sketch.mmd import DEFAULT_LEVEL, monitor
 from gramfed.workers.sketch.query import DEFAULT_CONFIDENCE, SketchQuery
 from gramfed.workers.sketch.sketch import merge_all
@@ -156,6 +160,13 @@ def classify(
             " public variance."
         ),
     ] = 1.0,
+    em_steps: Annotated[
+        int,
+        typer.Option(
+            help="--rule gaussian: EM steps refining the class means on the (unlabelled) public"
+            " rows; 0 keeps the released means."
+        ),
+    ] = DEFAULT_EM_STEPS,
     device: Device = "auto",
     as_json: AsJson = False,
 ) -> None:
@@ -176,6 +187,7 @@ def classify(
                 public=rows,
                 rank=DEFAULT_RANK if rank is None else rank,
                 floor=floor,
+                em_steps=em_steps,
                 device=device,
             )
         else:

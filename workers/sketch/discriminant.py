@@ -32,6 +32,20 @@ nearest class mean. Then the log joint density of class c at x is, up to a const
 
     c(x)' Sigma_W^-1 m_c - m_c' Sigma_W^-1 m_c / 2 + log pi_c.
 
+Class means refined on the public rows (``em_steps``, 10 by default). The public rows are
+unlabelled draws from the same population, so in the model above their coordinates ``z_i``
+are a mixture ``sum_c pi_c N(mu_c, Sigma_W)``, while each released mean is
+``m_c ~ N(mu_c, v_c I)`` with ``v_c = s^2 / n_c^2``. EM for the means' posterior mode given both
+(Sigma_W and pi fixed as above) alternates the responsibilities
+``r_ic ∝ pi_c N(z_i; mu_c, Sigma_W)`` with
+
+    mu_c = (R_c Sigma_W^-1 + I / v_c)^-1 (Sigma_W^-1 sum_i r_ic z_i + m_c / v_c),  R_c = sum_i r_ic,
+
+a precision-weighted blend of the public rows a class claims and its released mean, which
+anchors the class (its label is known only from the release). It starts from the released
+means; the noisier they are, the more the public rows move them. On the digits benchmark at
+epsilon = 1 it lifted held-out accuracy from 0.77-0.81 to 0.85-0.87 (``bench/RESULTS.md``).
+
 Everything here reads only the release (sums, counts, the stated noise) and public rows: it is
 post-processing and costs no privacy. ``rank`` and ``floor`` are public choices (made on public
 data, never on the evaluation data).
@@ -60,14 +74,16 @@ from gramfed.workers.sketch.sketch import Sketch
 from gramfed.workers.sketch.spec import SketchMismatch
 
 DEFAULT_RANK = 20
+DEFAULT_EM_STEPS = 10
 
 
 class SketchDiscriminant:
     """Predicts the class of largest Gaussian joint density (module docstring).
 
-    ``public`` rows (never private ones) fix the coordinates and the total covariance; ``rank``
-    is the number of leading directions of their feature span kept (fewer when the span is
-    smaller); ``floor`` bounds the within-class covariance's eigenvalues from below.
+    ``public`` rows (never private ones) fix the coordinates and the total covariance, and
+    refine the class means in ``em_steps`` EM steps (0: the released means as they are);
+    ``rank`` is the number of leading directions of their feature span kept (fewer when the
+    span is smaller); ``floor`` bounds the within-class covariance's eigenvalues from below.
     """
 
     def __init__(
@@ -77,11 +93,14 @@ class SketchDiscriminant:
         public: np.ndarray | Tensor,
         rank: int,
         floor: float = 1.0,
+        em_steps: int = DEFAULT_EM_STEPS,
         device: str | torch.device | None = "auto",
     ) -> None:
         self.labels, self.spec = class_spec(sketches)
         if isinstance(rank, bool) or rank < 1:
             raise ValueError(f"rank must be a positive integer, got {rank!r}")
+        if isinstance(em_steps, bool) or not isinstance(em_steps, int) or em_steps < 0:
+            raise ValueError(f"em_steps must be a non-negative integer, got {em_steps!r}")
         if not (floor > 0.0 and math.isfinite(floor)):
             raise ValueError(f"floor must be positive and finite, got {floor}")
         self.device = resolve_device(device)
@@ -114,10 +133,14 @@ class SketchDiscriminant:
         centred = means - means @ weights[:, None]
         between = (centred * weights) @ centred.T
         between.diagonal().sub_(float((weights * noise / counts.square()).sum()))
-        total = torch.cov(basis @ p.T)  # (k, k) over the public rows
+        coordinates = basis @ p.T  # (k, m) of the public rows
+        total = torch.cov(coordinates)
         within_values, within_vectors = torch.linalg.eigh(total - between)
         lowest = floor * float(torch.linalg.eigvalsh(total).clamp_min(0).mean())
         precision = (within_vectors / within_values.clamp_min(lowest)) @ within_vectors.T
+        means = _refined_means(
+            means, noise / counts.square(), precision, weights, coordinates, em_steps
+        )
         self.coefficients = precision @ means  # (k, C)
         self.offsets = -0.5 * (means * self.coefficients).sum(0) + weights.log()
         # Queries go straight from cosines and sines to scores: phi(y) = scale [cos, sin](W y).
@@ -144,3 +167,28 @@ class SketchDiscriminant:
     def predict(self, queries: np.ndarray | Tensor) -> np.ndarray:
         """The predicted label of each query."""
         return np.asarray(self.labels, dtype=object)[self.scores(queries).argmax(1).numpy()]
+
+
+def _refined_means(
+    released: Tensor,
+    variance: Tensor,
+    precision: Tensor,
+    weights: Tensor,
+    public: Tensor,
+    steps: int,
+) -> Tensor:
+    """EM for the class means (k, C) from the released ones, their noise ``variance`` (C,) per
+    coordinate, and the public rows' coordinates (k, m) (module docstring)."""
+    exact = variance <= 0  # noiseless sums (tests, or epsilon = inf) pin their means
+    variance = torch.where(exact, 1.0, variance)
+    means = released
+    eye = torch.eye(precision.shape[0], dtype=precision.dtype)
+    spread = precision @ public  # Sigma_W^-1 z_i, (k, m)
+    for _ in range(steps):
+        coefficients = precision @ means
+        log_joint = public.T @ coefficients - 0.5 * (means * coefficients).sum(0) + weights.log()
+        claimed = torch.softmax(log_joint, dim=1)  # (m, C)
+        systems = claimed.sum(0)[:, None, None] * precision + eye / variance[:, None, None]
+        targets = (spread @ claimed).T + (released / variance).T  # (C, k)
+        means = torch.where(exact, released, torch.linalg.solve(systems, targets).T)
+    return means
