@@ -21,7 +21,7 @@ in both, so both estimates are unbiased, and only the joint law differs:
   ``w ~ N(0, I / h^2)``: the kernel estimate (an average over p) is unbiased, although single
   frequencies are not N(0, I / h^2). Orthogonal directions (Yu et al., NeurIPS 2016) and
   stratified radii make the frequencies' errors cancel instead of adding up;
-  ``bench/sketch_error.py`` measures the KDE error at 3.5-26x below the ``iid`` design's.
+  ``bench/sketch_error.py`` measures the KDE error at 3.7-26x below the ``iid`` design's.
 
 The designs differ in the approximation term of the stated error bound (``query``): iid
 frequencies give Hoeffding's over D / 2 independent terms; the orthogonal design's terms are
