@@ -22,10 +22,14 @@ from gramfed.workers.sketch.rff import RandomFourierFeatures
 from gramfed.workers.sketch.spec import SketchSpec
 
 ChunkHook = Callable[[int], None]  # called with the number of rows just processed
-# 32 MiB chunks: large enough that per-chunk overheads (a thread-pool barrier per operation,
-# a kernel launch on CUDA) stay small, small enough for the feature block to stay near cache
-# size between the matmul that writes it and the passes that read it.
+# 32 MiB chunks (LSH builds, and RFF builds on CUDA): large enough that per-chunk overheads (a
+# thread-pool barrier per operation, a kernel launch on CUDA) stay small.
 DEFAULT_CHUNK_BYTES = 32 << 20
+# An RFF build on a CPU runs fastest with feature blocks that stay in cache between the product
+# that writes them and the sine, cosine and sum passes that read them: one thread of a 2-core
+# EPYC built 1e6 rows into 64 features in 0.24 s with 2 MiB blocks against 0.46 s with 32 MiB,
+# and 2e5 rows of d = 32 into 4,096 in 2.9 s against 3.1 s (1 MiB: 2.8 s; 256 KiB: 3.6 s).
+RFF_CPU_CHUNK_BYTES = 2 << 20
 SUM_BLOCK_BYTES = 8 << 20  # float64 features summed at once (256 rows at 4,096 features)
 # Queries read each block of cosines once more (their product with the sums, and norms), so
 # their blocks stay near cache size: 4 MiB (256 queries of 4,096 features) ran 7-15% faster
@@ -135,7 +139,10 @@ def grouped_sums(
     the inputs, whose random access costs more than the features on a CPU.
     """
     spec, dev = feature.spec, feature.device
-    rows = rows_per_chunk or chunk_rows(spec)
+    cached = spec.is_rff and dev.type == "cpu"
+    rows = rows_per_chunk or chunk_rows(
+        spec, RFF_CPU_CHUNK_BYTES if cached else DEFAULT_CHUNK_BYTES
+    )
     if group is None:
         counts = [int(inputs.shape[0])]
     else:
