@@ -131,7 +131,10 @@ def _draw_frequencies(spec: SketchSpec) -> np.ndarray:
         rng = public_stream(spec.seed, "rff")
         return rng.standard_normal((dim, count)) / spec.bandwidth
     rng = public_stream(spec.seed, "rff-orthogonal")
-    radii = chi.ppf((np.arange(count) + rng.random(count)) / count, dim)
+    # Stratum p's upper tail probability, 1 - (p + U) / M, computed so that it stays above 0
+    # (a quantile of exactly 1 would be an infinite radius).
+    tail = (np.arange(count - 1, -1, -1) + (1.0 - rng.random(count))) / count
+    radii = chi.isf(tail, dim)
     blocks = []
     for start in range(0, count, dim):
         # A reduced QR of a d' x k Gaussian gives the first k columns of a Haar rotation.
