@@ -16,6 +16,7 @@ from gramfed.privacy.errors import BudgetExceeded
 from gramfed.privacy.gate import Gate
 from gramfed.privacy.ledger import Ledger
 from gramfed.privacy.rng import SeededBits
+from gramfed.workers.sketch import discriminant as discriminant_module
 from gramfed.workers.sketch import query as query_module
 from gramfed.workers.sketch import rff
 from gramfed.workers.sketch.accumulate import SketchSums, accumulate, accumulate_shards
@@ -631,6 +632,40 @@ def test_public_rows_refine_noisy_class_means_and_leave_exact_ones(
     assert np.mean(gains) > 0.02 and min(gains) > -0.05
     with pytest.raises(ValueError, match="em_steps must be a non-negative integer"):
         SketchDiscriminant(exact, public=public, rank=10, em_steps=-1)
+
+
+def test_em_steps_solve_the_posterior_mode_systems_of_the_docstring() -> None:
+    """Each step, in the precision's eigenbasis, equals the dense update
+    mu_c = (R_c Sigma^-1 + I / v_c)^-1 (Sigma^-1 Z r_c + m_c / v_c); a class of zero noise
+    keeps its released mean throughout."""
+    gen = torch.Generator().manual_seed(0)
+    k, classes, m = 6, 3, 50
+    a = torch.randn(k, k, dtype=torch.float64, generator=gen)
+    values, vectors = torch.linalg.eigh(a @ a.T + torch.eye(k, dtype=torch.float64))
+    precision = (vectors / values) @ vectors.T
+    released = torch.randn(k, classes, dtype=torch.float64, generator=gen)
+    variance = torch.tensor([0.1, 0.5, 0.0], dtype=torch.float64)
+    weights = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)
+    public = torch.randn(k, m, dtype=torch.float64, generator=gen)
+    means = released
+    for _ in range(5):
+        coefficients = precision @ means
+        claimed = torch.softmax(
+            public.T @ coefficients - 0.5 * (means * coefficients).sum(0) + weights.log(), 1
+        )
+        dense = []
+        for c in range(classes):
+            if variance[c] == 0:
+                dense.append(released[:, c])
+                continue
+            system = claimed[:, c].sum() * precision + torch.eye(k) / variance[c]
+            target = precision @ public @ claimed[:, c] + released[:, c] / variance[c]
+            dense.append(torch.linalg.solve(system, target))
+        means = torch.stack(dense, 1)
+    refined = discriminant_module._refined_means(
+        released, variance, vectors, 1 / values, weights, public, 5
+    )
+    torch.testing.assert_close(refined, means)
 
 
 def test_gaussian_class_densities_refuse_what_they_cannot_use(rng: np.random.Generator) -> None:

@@ -137,9 +137,16 @@ class SketchDiscriminant:
         total = torch.cov(coordinates)
         within_values, within_vectors = torch.linalg.eigh(total - between)
         lowest = floor * float(torch.linalg.eigvalsh(total).clamp_min(0).mean())
-        precision = (within_vectors / within_values.clamp_min(lowest)) @ within_vectors.T
+        inverse_values = 1.0 / within_values.clamp_min(lowest)
+        precision = (within_vectors * inverse_values) @ within_vectors.T
         means = _refined_means(
-            means, noise / counts.square(), precision, weights, coordinates, em_steps
+            means,
+            noise / counts.square(),
+            within_vectors,
+            inverse_values,
+            weights,
+            coordinates,
+            em_steps,
         )
         self.coefficients = precision @ means  # (k, C)
         self.offsets = -0.5 * (means * self.coefficients).sum(0) + weights.log()
@@ -172,23 +179,26 @@ class SketchDiscriminant:
 def _refined_means(
     released: Tensor,
     variance: Tensor,
-    precision: Tensor,
+    vectors: Tensor,
+    inverse_values: Tensor,
     weights: Tensor,
     public: Tensor,
     steps: int,
 ) -> Tensor:
     """EM for the class means (k, C) from the released ones, their noise ``variance`` (C,) per
-    coordinate, and the public rows' coordinates (k, m) (module docstring)."""
+    coordinate, and the public rows' coordinates (k, m) (module docstring), with
+    ``Sigma_W^-1 = vectors diag(inverse_values) vectors'``. In that eigenbasis every system
+    ``R_c Sigma_W^-1 + I / v_c`` is diagonal, so a step is a few products, not C solves."""
     exact = variance <= 0  # noiseless sums (tests, or epsilon = inf) pin their means
     variance = torch.where(exact, 1.0, variance)
-    means = released
-    eye = torch.eye(precision.shape[0], dtype=precision.dtype)
-    spread = precision @ public  # Sigma_W^-1 z_i, (k, m)
+    rows = vectors.T @ public  # (k, m)
+    anchors = vectors.T @ released  # (k, C)
+    means = anchors
     for _ in range(steps):
-        coefficients = precision @ means
-        log_joint = public.T @ coefficients - 0.5 * (means * coefficients).sum(0) + weights.log()
+        coefficients = inverse_values[:, None] * means
+        log_joint = rows.T @ coefficients - 0.5 * (means * coefficients).sum(0) + weights.log()
         claimed = torch.softmax(log_joint, dim=1)  # (m, C)
-        systems = claimed.sum(0)[:, None, None] * precision + eye / variance[:, None, None]
-        targets = (spread @ claimed).T + (released / variance).T  # (C, k)
-        means = torch.where(exact, released, torch.linalg.solve(systems, targets).T)
-    return means
+        targets = inverse_values[:, None] * (rows @ claimed) + anchors / variance
+        means = targets / (claimed.sum(0) * inverse_values[:, None] + 1.0 / variance)
+        means = torch.where(exact, anchors, means)
+    return vectors @ means
