@@ -3,8 +3,9 @@
     .venv/bin/python bench/sketch_speed.py [--n 1000000] [--features 4096] [--queries 100000]
         [--threads T]
 
-Times the exact accumulation (chunked float32 matmul + cos/sin in a reused buffer, float64 sums),
-the gate release on top of it (noise for 4,097 coordinates, signed ledger entry), and batched
+Times the exact accumulation (chunked float32 matmul + cos/sin into the contiguous halves of a
+reused buffer, float64 sums), the gate release on top of it (noise for 4,097 coordinates,
+signed ledger entry), and batched
 KDE queries with and without their error bounds (float32 features in cache-sized blocks; the
 bound includes the float32 rounding term), then each step of the query pass timed alone.
 Prints Markdown tables with wall seconds and the process's CPU seconds, and the machine's load
@@ -27,7 +28,7 @@ from gramfed.privacy.accountant import rho_for_epsilon
 from gramfed.workers.device import resolve_device
 from gramfed.workers.sketch.accumulate import QUERY_CHUNK_BYTES, accumulate, chunk_rows
 from gramfed.workers.sketch.query import SketchQuery
-from gramfed.workers.sketch.rff import RandomFourierFeatures
+from gramfed.workers.sketch.rff import RandomFourierFeatures, pair_product
 from gramfed.workers.sketch.spec import SketchSpec
 
 
@@ -38,18 +39,17 @@ def breakdown(engine: SketchQuery, queries: np.ndarray) -> dict[str, float]:
     assert isinstance(feature, RandomFourierFeatures)
     y = torch.as_tensor(queries, dtype=torch.float32, device=engine.device)
     rows = chunk_rows(engine.spec, QUERY_CHUNK_BYTES)
-    block = torch.empty(min(rows, len(y)), engine.spec.features, device=engine.device)
-    half = engine.spec.features // 2
+    block = torch.empty(2, min(rows, len(y)), engine.spec.features // 2, device=engine.device)
     steps = {
-        "mm (W y)": lambda c, b: torch.mm(c, feature.weights, out=b[:, :half]),
-        "cos and sin": lambda c, b: (torch.sin(b[:, :half], out=b[:, half:]), b[:, :half].cos_()),
-        "product with the sums": lambda c, b: b @ engine.values,
-        "norms for the bound": lambda c, b: torch.linalg.vector_norm(b, dim=1),
+        "mm (W y)": lambda c, b: torch.mm(c, feature.weights, out=b[0]),
+        "cos and sin": lambda c, b: (torch.sin(b[0], out=b[1]), b[0].cos_()),
+        "product with the sums": lambda c, b: pair_product(b, engine.values),
+        "norms for the bound": lambda c, b: torch.linalg.vector_norm(b, dim=(0, 2)),
     }
     seconds = dict.fromkeys(steps, 0.0)
     for start in range(0, len(y), rows):
         chunk = y[start : start + rows]
-        out = block[: len(chunk)]
+        out = block[:, : len(chunk)]
         for name, step in steps.items():
             began = time.perf_counter()
             step(chunk, out)

@@ -30,7 +30,7 @@ DEFAULT_CHUNK_BYTES = 32 << 20
 # EPYC built 1e6 rows into 64 features in 0.24 s with 2 MiB blocks against 0.46 s with 32 MiB,
 # and 2e5 rows of d = 32 into 4,096 in 2.9 s against 3.1 s (1 MiB: 2.8 s; 256 KiB: 3.6 s).
 RFF_CPU_CHUNK_BYTES = 2 << 20
-SUM_BLOCK_BYTES = 8 << 20  # float64 features summed at once (256 rows at 4,096 features)
+SUM_BLOCK_BYTES = 8 << 20  # float64 features summed at once (512 rows of 2,048 cosines)
 # Queries read each block of cosines once more (their product with the sums, and norms), so
 # their blocks stay near cache size: 4 MiB (256 queries of 4,096 features) ran 7-15% faster
 # than 32 MiB blocks on a 2-core EPYC (one thread, then two; 1 and 2 MiB were slower again).
@@ -85,17 +85,21 @@ def chunk_rows(spec: SketchSpec, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
 def rff_cosines(
     feature: RandomFourierFeatures, inputs: Tensor, rows: int
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """(chunk, ``[cos(W chunk), sin(W chunk)]``) for successive chunks of ``rows`` inputs, float32.
+    """(chunk, ``unscaled(chunk)``) for successive chunks of ``rows`` inputs: the cosines and
+    sines (2, rows, D / 2), float32.
 
     The cosines share one buffer, allocated once: each block is valid until the next one.
     """
-    device = feature.device
     buffer = torch.empty(
-        min(rows, inputs.shape[0]), feature.spec.features, dtype=torch.float32, device=device
+        2,
+        min(rows, inputs.shape[0]),
+        feature.spec.features // 2,
+        dtype=torch.float32,
+        device=feature.device,
     )
     for start in range(0, inputs.shape[0], rows):
-        chunk = inputs[start : start + rows].to(device, torch.float32)
-        yield chunk, feature.unscaled(chunk, out=buffer[: chunk.shape[0]])
+        chunk = inputs[start : start + rows].to(feature.device, torch.float32)
+        yield chunk, feature.unscaled(chunk, out=buffer[:, : chunk.shape[0]])
 
 
 def accumulate(
@@ -149,7 +153,8 @@ def grouped_sums(
         group = group.to(dev)
         counts = torch.bincount(group, minlength=groups).tolist()
     if isinstance(feature, RandomFourierFeatures):
-        total = torch.zeros(groups, spec.features, dtype=torch.float64, device=dev)
+        half = spec.features // 2
+        total = torch.zeros(2, groups, half, dtype=torch.float64, device=dev)
         # Summed in float64: a float32 sum's rounding (about 1e-4 of a 2,000-row chunk's total)
         # depends on the other records, which would break the one-record sensitivity the
         # release is calibrated to; float64's is 1e9 times smaller. Blocks of rows are copied
@@ -157,21 +162,23 @@ def grouped_sums(
         # 0.26-0.72 ns a value on a 2-core EPYC, against 0.2-0.3 for a product with a row of
         # ones and 1.6-2.5 for one with the groups' indicator matrix; torch.sum over rows in
         # float64 is 20x slower). The features' common scale is applied once.
-        block = min(max(1, SUM_BLOCK_BYTES // (8 * spec.features)), rows, inputs.shape[0])
-        wide = torch.empty(block, spec.features, dtype=torch.float64, device=dev)
+        block = min(max(1, SUM_BLOCK_BYTES // (8 * half)), rows, inputs.shape[0])
+        wide = torch.empty(block, half, dtype=torch.float64, device=dev)
         if group is None:
             group = torch.zeros(inputs.shape[0], dtype=torch.int64, device=dev)
         done = 0
-        for chunk, cosines in rff_cosines(feature, inputs, rows):
+        for chunk, halves in rff_cosines(feature, inputs, rows):
             for start in range(0, chunk.shape[0], block):
-                part = cosines[start : start + block]
-                k = part.shape[0]
+                k = min(block, chunk.shape[0] - start)
                 rows_group = group[done + start : done + start + k]
-                total.index_add_(0, rows_group, wide[:k].copy_(part))
+                for total_half, features_half in zip(total, halves, strict=True):
+                    total_half.index_add_(
+                        0, rows_group, wide[:k].copy_(features_half[start : start + k])
+                    )
             done += chunk.shape[0]
             if on_chunk is not None:
                 on_chunk(chunk.shape[0])
-        total *= feature.scale
+        total = total.permute(1, 0, 2).reshape(groups, spec.features) * feature.scale
     else:
         total = torch.zeros(groups * spec.size, dtype=torch.int64, device=dev)
         for start in range(0, inputs.shape[0], rows):

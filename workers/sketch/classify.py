@@ -39,7 +39,7 @@ from gramfed.workers.sketch.accumulate import (
     grouped_sums,
     rff_cosines,
 )
-from gramfed.workers.sketch.rff import RandomFourierFeatures
+from gramfed.workers.sketch.rff import RandomFourierFeatures, pair_product
 from gramfed.workers.sketch.sketch import Sketch
 from gramfed.workers.sketch.spec import SketchMismatch, SketchSpec
 
@@ -184,8 +184,8 @@ class SketchClassifier:
         if isinstance(self.feature, RandomFourierFeatures):
             rows = chunk_rows(self.spec, QUERY_CHUNK_BYTES)
             out = [
-                (cosines @ self.values).to(torch.float64).cpu()
-                for _, cosines in rff_cosines(self.feature, y, rows)
+                pair_product(halves, self.values).to(torch.float64).cpu()
+                for _, halves in rff_cosines(self.feature, y, rows)
             ]
             raw = torch.cat(out) if out else torch.zeros(0, len(self.labels), dtype=torch.float64)
         else:

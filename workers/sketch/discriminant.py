@@ -69,7 +69,7 @@ from gramfed.workers.sketch.accumulate import (
     rff_cosines,
 )
 from gramfed.workers.sketch.classify import class_spec, leading_eigenpairs
-from gramfed.workers.sketch.rff import RandomFourierFeatures
+from gramfed.workers.sketch.rff import RandomFourierFeatures, pair_product
 from gramfed.workers.sketch.sketch import Sketch
 from gramfed.workers.sketch.spec import SketchMismatch
 
@@ -163,8 +163,8 @@ class SketchDiscriminant:
         y = as_inputs(queries, self.spec)
         rows = chunk_rows(self.spec, QUERY_CHUNK_BYTES)
         parts = [
-            (cosines @ self._query_map).to("cpu", torch.float64)
-            for _, cosines in rff_cosines(self.feature, y, rows)
+            pair_product(halves, self._query_map).to("cpu", torch.float64)
+            for _, halves in rff_cosines(self.feature, y, rows)
         ]
         linear = (
             torch.cat(parts) if parts else torch.zeros(0, len(self.labels), dtype=torch.float64)

@@ -73,7 +73,7 @@ from gramfed.workers.sketch.accumulate import (
     rff_cosines,
 )
 from gramfed.workers.sketch.lsh import CollisionKernel
-from gramfed.workers.sketch.rff import FLOAT32_ROUNDOFF, RandomFourierFeatures
+from gramfed.workers.sketch.rff import FLOAT32_ROUNDOFF, RandomFourierFeatures, pair_product
 from gramfed.workers.sketch.sketch import Sketch
 from gramfed.workers.sketch.spec import SketchSpec
 
@@ -144,13 +144,13 @@ class SketchQuery:
         need_linf = norms and self.sketch.noise.subexponential > 0
         linf = torch.empty(m, dtype=torch.float32, device=self.device) if need_linf else None
         start = 0
-        for _, cosines in rff_cosines(self.feature, y, chunk_rows(self.spec, QUERY_CHUNK_BYTES)):
-            stop = start + cosines.shape[0]
-            torch.mv(cosines, self.values, out=raw[start:stop])
+        for _, halves in rff_cosines(self.feature, y, chunk_rows(self.spec, QUERY_CHUNK_BYTES)):
+            stop = start + halves.shape[1]
+            pair_product(halves, self.values, out=raw[start:stop])
             if l2 is not None:
-                torch.linalg.vector_norm(cosines, dim=1, out=l2[start:stop])
+                torch.linalg.vector_norm(halves, dim=(0, 2), out=l2[start:stop])
             if linf is not None:
-                torch.amax(cosines.abs_(), dim=1, out=linf[start:stop])
+                torch.amax(halves.abs_(), dim=(0, 2), out=linf[start:stop])
             start = stop
         return raw.to("cpu", torch.float64), _host(l2), _host(linf)
 
