@@ -577,18 +577,26 @@ def test_gaussian_class_densities_are_lda_in_the_public_coordinates(
     assert np.mean(model.predict(x) == y) > 0.8  # the Bayes rule's accuracy is about 0.9
 
 
-def test_gaussian_class_densities_from_a_release(gate: Gate, rng: np.random.Generator) -> None:
-    x, y = three_classes(rng, 1000)
-    public, _ = three_classes(rng, 100)
+def release_three_classes(
+    gate: Gate, x: np.ndarray, y: np.ndarray, rho: Fraction
+) -> dict[str, Sketch]:
+    """The gaussian class sketches of ``three_classes`` rows, released together at ``rho``."""
     _, sketches = release_sketches(
         gate,
         POOL,
         GAUSSIAN,
         ["a", "b", "c"],
         lambda: accumulate_by_label(GAUSSIAN, x, y, ["a", "b", "c"]),
-        rho=Fraction(1, 50),
+        rho=rho,
         requester="t",
     )
+    return sketches
+
+
+def test_gaussian_class_densities_from_a_release(gate: Gate, rng: np.random.Generator) -> None:
+    x, y = three_classes(rng, 1000)
+    public, _ = three_classes(rng, 100)
+    sketches = release_three_classes(gate, x, y, Fraction(1, 50))
     test, truth = three_classes(rng, 300)
     model = SketchDiscriminant(sketches, public=public, rank=20, device="cpu")
     density = SketchClassifier(sketches, prior=True, public=public, rank=20, device="cpu")
@@ -612,15 +620,7 @@ def test_public_rows_refine_noisy_class_means_and_leave_exact_ones(
     torch.testing.assert_close(fixed[0].scores(test), fixed[1].scores(test))
     gains = []
     for _ in range(8):
-        _, sketches = release_sketches(
-            gate,
-            POOL,
-            GAUSSIAN,
-            ["a", "b", "c"],
-            lambda: accumulate_by_label(GAUSSIAN, x, y, ["a", "b", "c"]),
-            rho=Fraction(1, 400),
-            requester="t",
-        )
+        sketches = release_three_classes(gate, x, y, Fraction(1, 400))
         plain, refined = (
             np.mean(
                 SketchDiscriminant(sketches, public=public, rank=10, em_steps=k).predict(test)
