@@ -44,7 +44,7 @@ def breakdown(engine: SketchQuery, queries: np.ndarray) -> dict[str, float]:
         "mm (W y)": lambda c, b: torch.mm(c, feature.weights, out=b[0]),
         "cos and sin": lambda c, b: (torch.sin(b[0], out=b[1]), b[0].cos_()),
         "product with the sums": lambda c, b: pair_product(b, engine.values),
-        "norms for the bound": lambda c, b: torch.linalg.vector_norm(b, dim=(0, 2)),
+        "norms for the bound": lambda c, b: torch.hypot(*torch.linalg.vector_norm(b, dim=2)),
     }
     seconds = dict.fromkeys(steps, 0.0)
     for start in range(0, len(y), rows):

@@ -147,10 +147,13 @@ class SketchQuery:
         for _, halves in rff_cosines(self.feature, y, chunk_rows(self.spec, QUERY_CHUNK_BYTES)):
             stop = start + halves.shape[1]
             pair_product(halves, self.values, out=raw[start:stop])
+            # Half by half: a reduction over both halves at once ran 10x slower on a CPU.
             if l2 is not None:
-                torch.linalg.vector_norm(halves, dim=(0, 2), out=l2[start:stop])
+                cos_norm, sin_norm = (torch.linalg.vector_norm(h, dim=1) for h in halves)
+                torch.hypot(cos_norm, sin_norm, out=l2[start:stop])
             if linf is not None:
-                torch.amax(halves.abs_(), dim=(0, 2), out=linf[start:stop])
+                cos_max, sin_max = (torch.amax(h.abs_(), dim=1) for h in halves)
+                torch.maximum(cos_max, sin_max, out=linf[start:stop])
             start = stop
         return raw.to("cpu", torch.float64), _host(l2), _host(linf)
 
