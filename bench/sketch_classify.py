@@ -30,10 +30,9 @@ figures are honest estimates of the chosen setting's accuracy, not tuned on the 
 Baseline: multinomial logistic regression on the same features, trained by DP-SGD with opacus'
 ``make_private_with_epsilon`` at the same (epsilon, delta), learning rate 0.5, clip 1, not tuned.
 Digits figures are means over ``--repeats`` releases and DP-SGD seeds, synthetic ones over
-``--synthetic-repeats``. Both run in this process
-with the same torch threads; times are build + release + predict and train + predict (the public
-projection and median-rule bandwidth, fixed once, and the selection, timed separately, are in
-neither). Prints Markdown.
+``--synthetic-repeats``. Both run in this process with the same torch threads; times are build
++ release + predict and train + predict (the public projection and median-rule bandwidth, fixed
+once, and the selection, timed separately, are in neither). Prints Markdown.
 """
 
 from __future__ import annotations

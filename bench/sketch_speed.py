@@ -5,9 +5,9 @@
 
 Times the exact accumulation (chunked float32 matmul + cos/sin into the contiguous halves of a
 reused buffer, float64 sums), the gate release on top of it (noise for 4,097 coordinates,
-signed ledger entry), and batched
-KDE queries with and without their error bounds (float32 features in cache-sized blocks; the
-bound includes the float32 rounding term), then each step of the query pass timed alone.
+signed ledger entry), and batched KDE queries with and without their error bounds (float32
+features in cache-sized blocks; the bound includes the float32 rounding term), then each step
+of the query pass timed alone.
 Prints Markdown tables with wall seconds and the process's CPU seconds, and the machine's load
 average before and after (on a shared machine the wall time depends on the others' load; the
 CPU time much less so; with T threads CPU seconds add up over the threads).

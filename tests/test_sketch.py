@@ -353,6 +353,32 @@ def test_merged_cost_is_parallel_across_pools_and_sequential_within(
     assert a.merge(b).noise.variance == pytest.approx(a.noise.variance + b.noise.variance)
 
 
+def test_rff_scan_norms_equal_those_of_the_whole_feature_rows(
+    gate: Gate, data: np.ndarray, rng: np.random.Generator
+) -> None:
+    """The query pass reduces the cosine and sine halves separately; its L2 norms and, under
+    Laplace noise, largest absolute values are those of the unscaled (n, D) feature rows."""
+    _, sketch = release_sketch(
+        gate,
+        POOL,
+        GAUSSIAN,
+        lambda: accumulate(GAUSSIAN, data),
+        noise="laplace",
+        epsilon=1.0,
+        requester="t",
+    )
+    engine = SketchQuery(sketch, device="cpu")
+    queries = rng.standard_normal((2500, 3))  # two blocks of queries (2,036 rows each)
+    y = torch.as_tensor(queries, dtype=torch.float32)
+    rows = engine.feature(y) / engine.feature.scale
+    raw, l2, linf = engine._rff_scan(y.double(), norms=True)
+    assert l2 is not None and linf is not None
+    torch.testing.assert_close(l2, rows.norm(dim=1).double(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(linf, rows.abs().amax(1).double(), rtol=1e-6, atol=0)
+    expected = rows.double() @ torch.as_tensor(sketch.values * engine.feature.scale)
+    torch.testing.assert_close(raw, expected, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.kernel)
 def test_estimates_track_the_exact_kde_within_the_stated_bound(
     spec: SketchSpec, gate: Gate, data: np.ndarray, rng: np.random.Generator
