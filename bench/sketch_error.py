@@ -7,10 +7,10 @@
 Data: n points from a standard normal in d dimensions (public synthetic data), queries from the
 same distribution, Gaussian kernel with bandwidth sqrt(d) (a public rule for standardised data).
 The exact KDE is computed from Gram tiles of the RBF kernel (``gramfed.workers.kernels``).
-Ours is the Gaussian mechanism (L2 sensitivity sqrt(2 + 2^-20), rho-zCDP at the (epsilon,
+Ours is the Gaussian mechanism (L2 sensitivity sqrt(2 + 2^-11), rho-zCDP at the (epsilon,
 delta) target) on our default frequency design (``--frequencies``, orthogonal blocks with
 stratified radii); theirs, as Wagner et al. publish it, the Laplace mechanism (L1 sensitivity
-sqrt(D) (1 + 2^-21) + 1, pure epsilon) on iid frequencies; both in cos/sin pairs
+sqrt(D) (1 + 2^-12) + 1, pure epsilon) on iid frequencies; both in cos/sin pairs
 (``gramfed.workers.sketch.rff``), both released through a privacy gate on a scratch ledger with
 the system's cryptographic noise, ``--repeats`` times per cell for each of ``--seeds`` feature
 seeds, each release with its antithetic mirror (errors averaged; see ``cell_errors``). With

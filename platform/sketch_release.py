@@ -9,8 +9,8 @@ protects every group, where one release per group would be charged rho per group
 Mechanisms (all noise exact and from the gate's cryptographic source):
 
 * RFF, ``gaussian``: Gaussian mechanism (fixed-point discrete Gaussian), L2 sensitivity
-  sqrt(2 + 2^-20).
-* RFF, ``laplace``: Laplace mechanism, L1 sensitivity sqrt(D) (1 + 2^-21) + 1 (as Wagner et al.,
+  sqrt(2 + 2^-11).
+* RFF, ``laplace``: Laplace mechanism, L1 sensitivity sqrt(D) (1 + 2^-12) + 1 (as Wagner et al.,
   ICML 2023).
 * LSH, ``gaussian``: discrete Gaussian on the integer counts, R + 1 unit changes.
 * LSH, ``laplace``: discrete Laplace on the integer counts, L1 sensitivity R + 1.

@@ -59,12 +59,15 @@ def test_merge_of_shard_sketches_equals_sketch_of_union(spec: SketchSpec, data: 
     merged = merge_all([noiseless(accumulate(spec, s, device="cpu")) for s in shards])
     union = noiseless(accumulate(spec, data, device="cpu", rows_per_chunk=700))
     assert merged.count == union.count == len(data)
-    if spec.is_rff:  # float32 chunk sums: equal to ~1e-6, against noise of sd ~1 when released
-        np.testing.assert_allclose(merged.values, union.values, rtol=0, atol=1e-4)
-    else:
-        np.testing.assert_array_equal(merged.values, union.values)
+    # Exact for both: integer counts, and RFF sums of fixed-point features (up to the final
+    # scaling's one rounding of each total, which sums of shards repeat per shard).
+    scale = 1.0 if not spec.is_rff else rff.RandomFourierFeatures(spec, torch.device("cpu")).scale
+    unit = scale * 2.0**-rff.FEATURE_GRID_BITS if spec.is_rff else 1.0
+    grid = np.round(union.values / unit)
+    np.testing.assert_array_equal(np.round(merged.values / unit), grid)
+    np.testing.assert_allclose(merged.values, union.values, rtol=1e-15, atol=0)
     by_addition = accumulate_shards(spec, shards, device="cpu")
-    np.testing.assert_allclose(by_addition.values, union.values, rtol=0, atol=1e-4)
+    np.testing.assert_array_equal(np.round(by_addition.values / unit), grid)
 
 
 @pytest.mark.parametrize(
@@ -160,19 +163,25 @@ def test_bad_inputs_are_refused(data: np.ndarray) -> None:
 
 
 def test_rff_sensitivity_bounds_hold_for_any_record(rng: np.random.Generator) -> None:
-    """|phi(x)|_2 = 1 and |phi(x)|_1 <= sqrt(D), also for extreme inputs; a record moves (S, n)
-    by exactly sqrt(2), so the stated sensitivity is attained, not just an upper bound."""
+    """|phi(x)|_2 = 1 and |phi(x)|_1 <= sqrt(D), also for extreme inputs, and the fixed-point
+    features the sums add stay within the stated bounds; a record moves (S, n) by exactly its
+    own fixed-point features and 1, so the stated sensitivity is all but attained."""
     x = np.concatenate([rng.standard_normal((2000, 3)) * s for s in (1e-3, 1.0, 1e3)])
-    phi = rff.RandomFourierFeatures(GAUSSIAN, torch.device("cpu"))(
-        torch.as_tensor(x, dtype=torch.float32)
-    ).double()
-    # |phi|^2 = 1 up to float32 rounding, within the 2^-20 the sensitivity allows for it
+    feature = rff.RandomFourierFeatures(GAUSSIAN, torch.device("cpu"))
+    inputs = torch.as_tensor(x, dtype=torch.float32)
+    phi = feature(inputs).double()
+    # |phi|^2 = 1 up to float32 rounding (8 sqrt(2) u + 32 u^2 < 2^-20)
     assert float((phi.square().sum(1) - 1).abs().max()) <= 2.0**-20
     assert float(phi.abs().sum(1).max()) <= math.sqrt(GAUSSIAN.features) + 1e-4
+    units = rff.to_fixed_point(feature.unscaled(inputs)).double()  # (2, n, D / 2)
+    q = torch.cat((units[0], units[1]), 1) * (feature.scale * 2.0**-rff.FEATURE_GRID_BITS)
+    assert float(q.square().sum(1).max()) <= 1 + 2.0**-11
+    assert float(q.abs().sum(1).max()) <= rff.l1_sensitivity(GAUSSIAN.features) - 1
     base = accumulate(GAUSSIAN, x[:-1], device="cpu")
     more = accumulate(GAUSSIAN, x, device="cpu")
     moved = np.append(more.values - base.values, more.count - base.count)
-    assert np.linalg.norm(moved) == pytest.approx(rff.L2_SENSITIVITY, abs=1e-5)
+    np.testing.assert_allclose(moved[:-1], q[-1].numpy(), rtol=0, atol=1e-12)
+    assert math.sqrt(2) * (1 - 2.0**-11) <= np.linalg.norm(moved) <= rff.L2_SENSITIVITY
 
 
 def test_rff_features_come_in_cos_sin_pairs() -> None:
@@ -716,16 +725,40 @@ def test_gaussian_class_densities_refuse_what_they_cannot_use(rng: np.random.Gen
         SketchDiscriminant({c: noiseless(s) for c, s in lsh.items()}, public=x, rank=5)
 
 
-def test_rff_build_does_not_depend_on_the_chunking(data: np.ndarray) -> None:
-    # float32 chunk sums of ~3000 terms agree to ~1e-6 relative, far below any released noise.
+def test_rff_build_is_exact_whatever_the_chunking(data: np.ndarray) -> None:
+    """The sums are those of the fixed-point features, to the last bit, for any chunking and
+    thread count: a record's contribution does not depend on the others."""
+    feature = rff.RandomFourierFeatures(GAUSSIAN, torch.device("cpu"))
+    halves = feature.unscaled(torch.as_tensor(data, dtype=torch.float32))
+    grid = rff.to_fixed_point(halves).double().sum(1).reshape(-1)  # float64: exact, small sums
+    unit = feature.scale * 2.0**-rff.FEATURE_GRID_BITS
     whole = accumulate(GAUSSIAN, data, device="cpu").values
-    direct = rff.RandomFourierFeatures(GAUSSIAN, torch.device("cpu"))(
-        torch.as_tensor(data, dtype=torch.float32)
-    ).sum(0, dtype=torch.float64)
-    for rows in (1, 7, 1000, 5000):
-        chunked = accumulate(GAUSSIAN, data, device="cpu", rows_per_chunk=rows).values
-        np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-3)
-    np.testing.assert_allclose(whole, direct.numpy(), rtol=1e-5, atol=1e-3)
+    np.testing.assert_array_equal(whole, grid.numpy() * unit)
+    threads = torch.get_num_threads()
+    try:
+        for rows, count in ((1, 1), (7, 2), (1000, 1), (5000, 2)):
+            torch.set_num_threads(count)
+            chunked = accumulate(GAUSSIAN, data, device="cpu", rows_per_chunk=rows).values
+            np.testing.assert_array_equal(chunked, whole)
+    finally:
+        torch.set_num_threads(threads)
+    # The grid moves each unscaled feature by at most half a unit.
+    exact = feature(torch.as_tensor(data, dtype=torch.float32)).double().sum(0).numpy()
+    assert np.abs(whole - exact).max() <= len(data) * unit / 2
+
+
+def test_fixed_point_sums_stay_exact_past_float32s_integers() -> None:
+    """FIXED_POINT_ROWS rows of the grid's largest value reach 2^24 units, where float32 stops
+    holding every integer; one more unit must still count, so no float32 partial sum may run
+    over more rows than that, however the rows are chunked."""
+    spec = SketchSpec("gaussian", 1, seed=0, bandwidth=1.0, features=2)
+    w = float(rff.frequencies(spec)[0, 0])
+    top = np.zeros((rff.FIXED_POINT_ROWS, 1))  # cos 0 = 1: 2^12 units each
+    one_unit = np.array([[(math.pi / 2 - 2.0**-rff.FEATURE_GRID_BITS) / w]])  # cos = 2^-12
+    unit = rff.RandomFourierFeatures(spec, torch.device("cpu")).scale * 2.0**-rff.FEATURE_GRID_BITS
+    for rows in (None, rff.FIXED_POINT_ROWS + 1, 10**5):
+        sums = accumulate(spec, np.vstack([top, one_unit]), device="cpu", rows_per_chunk=rows)
+        assert round(sums.values[0] / unit) == 2**24 + 1
 
 
 def test_monitor_keeps_its_level_and_detects_a_shift(gate: Gate, rng: np.random.Generator) -> None:

@@ -10,7 +10,7 @@ Kinds, privacy unit one record, neighbours by adding or removing one record of o
 
 * ``sketch``: ``[sums, n]`` of a kernel density sketch, or one block per class for a
   classification sketch (``classes``). L2 sensitivity of one block: sqrt(R + 1) for LSH
-  counts (R bucket counts and n change by one), sqrt(2 + 2^-20) for random Fourier features
+  counts (R bucket counts and n change by one), sqrt(2 + 2^-11) for random Fourier features
   (``gramfed.platform.sketch_release``); a record is in one class, so that is the whole vector's.
 * ``dp_gsmp``: the packed sufficient statistics ``[w_S vech(S), w_b b, w_c c, w_n n]`` of the
   random-feature GP, L2 sensitivity 1 (``gramfed.workers.dp_gsmp.statistics``).

