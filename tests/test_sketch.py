@@ -493,6 +493,26 @@ def test_rows_are_grouped_by_label_name(data: np.ndarray) -> None:
         accumulate_by_label(ANGULAR, data[:300], y[:299], ["1", "2"])
 
 
+@pytest.mark.parametrize("dtype", [np.int8, np.int64, np.uint16, np.uint64])
+def test_integer_labels_are_counted_as_their_names(data: np.ndarray, dtype: type) -> None:
+    """Integer labels take a counting path instead of a sort: same classes as their names,
+    with gaps, negative values, and a range too wide to count (the sort again)."""
+    low, gap = (-100, 200) if np.issubdtype(dtype, np.signedinteger) else (3, 250)
+    codes = np.array([low, low + gap, low + 2] * 100)
+    y = codes.astype(dtype)
+    names = [str(v) for v in (low, low + 2, low + gap)]
+    by_name = accumulate_by_label(ANGULAR, data[:300], codes.astype(str), names)
+    for labels in (y, y.reshape(-1, 1)):
+        counted = accumulate_by_label(ANGULAR, data[:300], labels, names)
+        for name in names:
+            np.testing.assert_array_equal(counted[name].values, by_name[name].values)
+    if dtype in (np.int64, np.uint64):
+        wide = y.copy()
+        wide[0] = np.iinfo(dtype).max
+        sums = accumulate_by_label(ANGULAR, data[:300], wide, [*names, str(wide[0])])
+        assert sums[str(wide[0])].count == 1 and sums[names[0]].count == 99
+
+
 @pytest.mark.parametrize("spec", [GAUSSIAN, L2], ids=lambda s: s.kernel)
 def test_class_sums_from_one_pass_equal_each_class_on_its_own(
     spec: SketchSpec, data: np.ndarray, rng: np.random.Generator
@@ -504,10 +524,7 @@ def test_class_sums_from_one_pass_equal_each_class_on_its_own(
     for label in "abc":
         alone = accumulate(spec, data[y == label], device="cpu")
         assert sums[label].count == alone.count == int((y == label).sum())
-        if spec.is_rff:
-            np.testing.assert_allclose(sums[label].values, alone.values, rtol=0, atol=1e-9)
-        else:
-            np.testing.assert_array_equal(sums[label].values, alone.values)
+        np.testing.assert_array_equal(sums[label].values, alone.values)  # exact sums, both
 
 
 @pytest.mark.parametrize("spec", [GAUSSIAN, ANGULAR], ids=lambda s: s.kernel)
