@@ -71,7 +71,10 @@ def test_quantized_updates_settle_on_the_exact_consensus(
     # as the rounds settle: even 4-bit messages end at the exact run's weights, in about as
     # many rounds (whole 4-bit vectors stayed ~30% off and never met the stopping rule). A
     # uniform grid keeps every weight within a fraction of the largest, a log grid within a
-    # fraction of itself (at 4 bits, 7 magnitudes a sign: 12 of 13 weights within 2.2%).
+    # fraction of itself. At 4 bits (7 magnitudes a sign) that holds for the weights that carry
+    # the fit; weights under 1% of the largest lie in directions the objective barely fixes,
+    # where the exact run's own end point is as arbitrary (one at 4e-4 of the largest ended
+    # 51% off on one machine, 25% on another), so they are held to the largest's scale.
     x, y = toy_regression
     settings = {"agents": 2, "components_per_dim": 60, "noise": 0.01}
     exact = GSMPRegressor(**settings).fit(x, y)
@@ -86,7 +89,10 @@ def test_quantized_updates_settle_on_the_exact_consensus(
         support = exact.weights_ > 1e-6 * exact.weights_.max()  # down to 1.5e-4: four decades
         relative = gap[support] / exact.weights_[support]
         if bits == 4:
-            assert np.sort(relative)[-2] < 0.03 and relative.max() < 0.25
+            carrying = exact.weights_[support] >= 0.01 * exact.weights_.max()
+            assert relative[carrying].max() < 0.02  # measured 0.31%
+            small_gap = gap[support][~carrying]
+            assert small_gap.max() < 1e-3 * exact.weights_.max()  # measured 2.3e-4
         else:
             assert relative.max() < 1e-3  # measured 2.9e-4
         assert gap[~support].max() < 1e-6 * exact.weights_.max()
