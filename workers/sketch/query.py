@@ -23,9 +23,10 @@ sketch's random features and noise (union bound over three events):
   are independent, so ``|c - E c| <= sqrt(log(4/beta) / (2 R))``;
 * numerator noise eta = phi(y)'N (RFF) or (1/R) sum of R count noises (LSH), failure beta/4,
   from the noise profile's tails;
-* count noise e, failure beta/4. With A the noise-free ratio (|A| <= 1 for both; for RFF
-  ``|phi(y)'S| <= |phi(y)| |S| <= n``), ``|est - A| = |eta - e A| / n~ <= (t_eta + t_e) /
-  (n~ - t_e)``.
+* count noise e, failure beta/4. With A the noise-free ratio (|A| <= 1 for LSH; for RFF
+  ``|phi(y)'S| <= |phi(y)| |S| <= (1 + 2^-21)(1 + 2^-12) n < (1 + 2^-11) n``: float32 query
+  features, sums of fixed-point features of norm at most sqrt(1 + 2^-11), ``rff``),
+  ``|est - A| = |eta - e A| / n~ <= (t_eta + |A| t_e) / (n~ - t_e)``.
 
 The LSH bound is divided by (1 - 1/W) when the bias correction applies.
 
@@ -86,6 +87,7 @@ from gramfed.workers.sketch.spec import SketchSpec
 DEFAULT_CONFIDENCE = 0.95
 UNIT_ROUNDOFF = FLOAT32_ROUNDOFF
 COS_ULPS = 4.0  # float32 cos error, in units of UNIT_ROUNDOFF (2 ulp of a value below 1)
+RATIO_BOUND = 1.0 + 2.0**-11  # |phi(y)' S| / n for sums of fixed-point features
 
 
 class SketchQuery:
@@ -192,7 +194,8 @@ class SketchQuery:
         approx = rff_approximation(spec, beta)
         t_eta = self.sketch.noise.tail(l2 * scale, linf * scale, beta / 4)
         rounding = self._values_l1 * (gamma_d + dc + 2.0 * UNIT_ROUNDOFF) / n
-        return approx + GRID_ERROR + (t_eta + t_count) / (n - t_count) + rounding
+        noise = (t_eta + RATIO_BOUND * t_count) / (n - t_count)
+        return approx + GRID_ERROR + noise + rounding
 
     def _cosine_error(self, y_norm: Tensor) -> Tensor:
         """Bound on the float32 cosines' and sines' error per query, from the norms |y|_2."""
