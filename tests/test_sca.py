@@ -55,6 +55,19 @@ def test_dsca_decreases_objective_monotonically(toy_regression, surrogate: str) 
     assert history[-1] < history[0] - 10  # it really moved
 
 
+def test_solved_weights_are_ordinary_tensors(toy_regression) -> None:
+    """DSCA runs without autograd bookkeeping, but what it returns is an ordinary tensor: a
+    caller can update it in place and differentiate through it."""
+    problem, _, _ = _problem(toy_regression)
+    penalty = ConsensusPenalty.none(problem.size, problem.gram.device)
+    weights = problem.solve(torch.zeros(problem.size, dtype=torch.float64), penalty).weights
+    assert not weights.is_inference()
+    weights.add_(1.0)
+    start = weights.clone().requires_grad_(True)
+    (start.square().sum()).backward()
+    assert start.grad is not None
+
+
 def test_dsca_with_the_tangent_bound_reaches_a_stationary_point(toy_regression) -> None:
     # The tangent bound touches F, so its fixed points are F's. The reference model is not a
     # bound (its quadratic term sees the noise twice): its DSCA stops where no step of its

@@ -161,6 +161,18 @@ class LocalProblem:
         progress: ProgressHook | None = None,
     ) -> SCAResult:
         """DSCA from ``start`` until the relative objective change falls below ``tol``."""
+        # No autograd bookkeeping: DSCA is thousands of small tensor operations, whose dispatch
+        # costs more than their arithmetic on small shards (passengerdata's fit: 9.8 s -> 8.0
+        # s, the same weights to the last bit). The result leaves as an ordinary tensor, which
+        # callers may update in place.
+        with torch.inference_mode():
+            result = self._descend(start, penalty, progress)
+        result.weights = result.weights.clone()
+        return result
+
+    def _descend(
+        self, start: Tensor, penalty: ConsensusPenalty, progress: ProgressHook | None
+    ) -> SCAResult:
         opts = self.options
         point = self.evaluate(start.to(self.gram.device, torch.float64).clamp_min(0.0), penalty)
         result = SCAResult(weights=point.weights, objective_history=[point.value])
