@@ -65,7 +65,6 @@ def test_merge_of_shard_sketches_equals_sketch_of_union(spec: SketchSpec, data: 
     unit = scale * 2.0**-rff.FEATURE_GRID_BITS if spec.is_rff else 1.0
     grid = np.round(union.values / unit)
     np.testing.assert_array_equal(np.round(merged.values / unit), grid)
-    np.testing.assert_allclose(merged.values, union.values, rtol=1e-15, atol=0)
     by_addition = accumulate_shards(spec, shards, device="cpu")
     np.testing.assert_array_equal(np.round(by_addition.values / unit), grid)
 
