@@ -23,6 +23,7 @@ from gramfed.workers.sketch.accumulate import SketchSums, accumulate, accumulate
 from gramfed.workers.sketch.classify import SketchClassifier, accumulate_by_label
 from gramfed.workers.sketch.discriminant import SketchDiscriminant
 from gramfed.workers.sketch.mmd import monitor
+from gramfed.workers.sketch.products import row_stable_mm
 from gramfed.workers.sketch.query import SketchQuery, exact_kde, exact_kernel
 from gramfed.workers.sketch.sketch import Sketch, merge_all
 from gramfed.workers.sketch.spec import SketchMismatch, SketchSpec
@@ -741,23 +742,52 @@ def test_gaussian_class_densities_refuse_what_they_cannot_use(rng: np.random.Gen
         SketchDiscriminant({c: noiseless(s) for c, s in lsh.items()}, public=x, rank=5)
 
 
-def test_rff_build_is_exact_whatever_the_chunking(data: np.ndarray) -> None:
-    """The sums are those of the fixed-point features, to the last bit, for any chunking and
-    thread count: a record's contribution does not depend on the others."""
+PROJECTED = SketchSpec("gaussian", 3, seed=7, bandwidth=1.0, features=512, projection_dim=2)
+
+
+@pytest.mark.parametrize("spec", [GAUSSIAN, PROJECTED, L2], ids=["rff", "projected", "l2"])
+def test_build_is_exact_whatever_the_chunking(data: np.ndarray, spec: SketchSpec) -> None:
+    """The sums are the same to the last bit for any chunking and thread count: a record's
+    contribution depends on that record alone (``products``: BLAS rounds a product's rows by
+    its shape, which chunking changes)."""
+    whole = accumulate(spec, data, device="cpu").values
+    threads = torch.get_num_threads()
+    try:
+        for rows, count in ((1, 1), (7, 2), (1000, 1), (5000, 2)):
+            torch.set_num_threads(count)
+            chunked = accumulate(spec, data, device="cpu", rows_per_chunk=rows).values
+            np.testing.assert_array_equal(chunked, whole)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_row_stable_products_round_every_row_alike() -> None:
+    """Each row of ``row_stable_mm`` is the same whatever the rows beside it and their number,
+    and equal to the plain product up to float32 rounding."""
+    generator = torch.Generator().manual_seed(0)
+    for dims, width in ((3, 256), (13, 64), (32, 2048)):
+        x = torch.randn(3000, dims, generator=generator)
+        matrix = torch.randn(dims, width, generator=generator)
+        whole = row_stable_mm(x, matrix)
+        for rows in (1, 7, 300, 1000):
+            parts = [row_stable_mm(x[s : s + rows], matrix) for s in range(0, len(x), rows)]
+            torch.testing.assert_close(torch.cat(parts), whole, rtol=0, atol=0)
+        reordered = torch.randperm(len(x), generator=generator)
+        torch.testing.assert_close(
+            row_stable_mm(x[reordered], matrix), whole[reordered], rtol=0, atol=0
+        )
+        torch.testing.assert_close(whole, x @ matrix, rtol=1e-5, atol=1e-4)
+
+
+def test_rff_sums_are_those_of_the_fixed_point_features(data: np.ndarray) -> None:
+    """The build's sums are the exact sums of the grid features, within half a grid unit per
+    record of the float features' sums."""
     feature = rff.RandomFourierFeatures(GAUSSIAN, torch.device("cpu"))
     halves = feature.unscaled(torch.as_tensor(data, dtype=torch.float32))
     grid = rff.to_fixed_point(halves).double().sum(1).reshape(-1)  # float64: exact, small sums
     unit = feature.scale * 2.0**-rff.FEATURE_GRID_BITS
     whole = accumulate(GAUSSIAN, data, device="cpu").values
     np.testing.assert_array_equal(whole, grid.numpy() * unit)
-    threads = torch.get_num_threads()
-    try:
-        for rows, count in ((1, 1), (7, 2), (1000, 1), (5000, 2)):
-            torch.set_num_threads(count)
-            chunked = accumulate(GAUSSIAN, data, device="cpu", rows_per_chunk=rows).values
-            np.testing.assert_array_equal(chunked, whole)
-    finally:
-        torch.set_num_threads(threads)
     # The grid moves each unscaled feature by at most half a unit.
     exact = feature(torch.as_tensor(data, dtype=torch.float32)).double().sum(0).numpy()
     assert np.abs(whole - exact).max() <= len(data) * unit / 2

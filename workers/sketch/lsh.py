@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from gramfed.workers.kernels.base import Kernel
+from gramfed.workers.sketch.products import row_stable_mm
 from gramfed.workers.sketch.projection import project, projection_matrix
 from gramfed.workers.sketch.spec import SketchSpec, public_stream
 
@@ -90,12 +91,15 @@ class LSHBuckets:
             # this layout than as (n, R K). The K sign bits of a repetition are packed by a
             # product with (1, 2, ..., 2^(K-1)) in float32 (exact: K <= 24), one BLAS call where
             # an int64 multiply-and-sum takes several passes over a K times larger array.
+            # Unlike the l2 hash's (``products``), these float64 products are shaped by n: a
+            # record's sign bit can change with the batch only at a dot product within rounding
+            # (about 1e-16 of its terms) of zero.
             signs = (self.directions_t @ z.T > 0).to(torch.float32).reshape(r, k, n)
             weights = 2.0 ** torch.arange(k, device=self.device, dtype=torch.float32)
             return self.base + (weights @ signs).T.to(torch.int64)
         if spec.kernel == "l2":
             assert spec.bandwidth is not None
-            bins = torch.floor((z @ self.directions + self.shift) / spec.bandwidth)
+            bins = torch.floor((row_stable_mm(z, self.directions) + self.shift) / spec.bandwidth)
             bins = bins.to(torch.int64).reshape(n, r, k)
         else:
             bins = torch.floor((z[:, None, :] - self.offset) / self.pitch).to(torch.int64)

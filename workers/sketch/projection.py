@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from gramfed.workers.sketch.products import row_stable_mm
 from gramfed.workers.sketch.spec import SketchSpec, public_stream
 
 
@@ -26,5 +27,6 @@ def projection_matrix(spec: SketchSpec, device: torch.device) -> Tensor | None:
 
 
 def project(x: Tensor, matrix: Tensor | None) -> Tensor:
-    """Inputs (n, d) mapped to (n, k); unchanged without a projection."""
-    return x if matrix is None else x @ matrix
+    """Inputs (n, d) mapped to (n, k), row by row alike (``products``); unchanged without a
+    projection."""
+    return x if matrix is None else row_stable_mm(x, matrix)

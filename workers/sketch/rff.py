@@ -33,9 +33,13 @@ rounds every unscaled cosine and sine to the nearest multiple of 2^-g (``FEATURE
 12, ``to_fixed_point``), an integer of magnitude at most 2^g in grid units. Float32 sums of up to
 2^(24 - g) such rows (``FIXED_POINT_ROWS``) are then exact in any order, and so are their float64
 totals (below 2^53 units), so the sums are exact functions of the records: a record adds its own
-``q(phi(x))`` and nothing else, whatever the other records, the chunking, the thread count or the
-device. A floating-point sum's rounding would depend on the other records and fall outside the
-sensitivity below. The one rounding left, the float64 scaling of the exact totals (two
+``q(phi(x))`` and nothing else, whatever the other records, the chunking or the thread count.
+That needs the record's features to depend on it alone, so the products that form the angles
+(and the projection) are taken in blocks of one fixed shape (``products``): a BLAS rounds a
+product's rows by its shape, which the chunking and a neighbouring dataset's size change. A
+floating-point sum's rounding would depend on the other records and fall outside the
+sensitivity below. (Another device computes its own cosines: the same holds on it, with its
+own bits.) The one rounding left, the float64 scaling of the exact totals (two
 roundings), moves S by at most 2^-52 |S|_2 <= 2^-52 (1 + 2^-12) n on either dataset, inside the
 bound's slack below (5e-5 in the norm of (q(phi(x)), 1)) for fewer than 10^11 records.
 
@@ -76,6 +80,7 @@ import torch
 from scipy.stats import chi
 from torch import Tensor
 
+from gramfed.workers.sketch.products import row_stable_mm
 from gramfed.workers.sketch.projection import project, projection_matrix
 from gramfed.workers.sketch.spec import SketchSpec, public_stream
 
@@ -140,7 +145,7 @@ class RandomFourierFeatures:
                 2, inputs.shape[0], self.weights.shape[1], dtype=inputs.dtype, device=inputs.device
             )
         cosines, sines = out[0], out[1]
-        torch.mm(inputs, self.weights, out=cosines)
+        row_stable_mm(inputs, self.weights, out=cosines)
         torch.sin(cosines, out=sines)
         cosines.cos_()
         return out
