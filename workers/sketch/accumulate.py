@@ -18,6 +18,7 @@ from torch import Tensor
 
 from gramfed.workers.device import resolve_device
 from gramfed.workers.sketch.lsh import LSHBuckets
+from gramfed.workers.sketch.products import BLOCK_ROWS
 from gramfed.workers.sketch.rff import (
     FEATURE_GRID_BITS,
     FIXED_POINT_ROWS,
@@ -77,12 +78,15 @@ def as_inputs(x: np.ndarray | torch.Tensor, spec: SketchSpec) -> torch.Tensor:
 
 
 def chunk_rows(spec: SketchSpec, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
-    """Rows per chunk so that the chunk's largest temporary stays within ``chunk_bytes``."""
+    """Rows per chunk so that the chunk's largest temporary stays within ``chunk_bytes``; for
+    RFF, the nearest whole number of the products' blocks (``products``), so that no chunk
+    but the last pays for padding."""
     if spec.is_rff:
         per_row = 4 * (spec.features + spec.featurised_dim)
-    else:
-        width = spec.featurised_dim if spec.kernel == "laplacian" else 1
-        per_row = 8 * spec.repetitions * spec.hashes * width * 3
+        blocks = round(chunk_bytes / per_row / BLOCK_ROWS)
+        return BLOCK_ROWS * max(1, blocks)
+    width = spec.featurised_dim if spec.kernel == "laplacian" else 1
+    per_row = 8 * spec.repetitions * spec.hashes * width * 3
     return max(1, chunk_bytes // per_row)
 
 

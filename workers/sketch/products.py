@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-BLOCK_ROWS = 256
+BLOCK_ROWS = 64  # chunks of RFF rows come in whole blocks (``accumulate.chunk_rows``)
 
 
 def row_stable_mm(x: Tensor, matrix: Tensor, out: Tensor | None = None) -> Tensor:
