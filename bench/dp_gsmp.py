@@ -155,18 +155,21 @@ def features_per_component(n: int, dims: int, agents: int, epsilon: float, delta
 
 
 def run_dp_gsmp(
-    data: Prepared, epsilon: float, agents: int, delta: float, seed: int
+    data: Prepared, epsilon: float, agents: int, delta: float, seed: int, **overrides: Any
 ) -> dict[str, Any]:
+    """One private fit by the rule; ``overrides`` replace the rule's estimator arguments."""
     n, dims = data.x_train.shape
-    m = features_per_component(n, dims, agents, epsilon, delta)
+    rule: dict[str, Any] = {
+        "components_per_dim": 1,
+        "features_per_component": features_per_component(n, dims, agents, epsilon, delta),
+        "scale": 1.0 / (2.0 * math.pi),
+        "input_radius": math.sqrt(dims),
+    }
     model = DPGSMPRegressor(
         target_range=(data.target.lo, data.target.hi),
         agents=agents,
-        components_per_dim=1,
-        features_per_component=m,
-        scale=1.0 / (2.0 * math.pi),
-        input_radius=math.sqrt(dims),
         seed=seed,
+        **{**rule, **overrides},
     )
     with tempfile.TemporaryDirectory() as tmp:
         key = Path(tmp) / "ledger.key"
