@@ -9,7 +9,8 @@ fixed-point sums are exact functions of the records only if every record's featu
 shapes of the products they take part in. So products are taken block by block, every block
 the same (``BLOCK_ROWS``, k) @ (k, m) shape, the last one zero-padded: a row is then rounded as
 it would be in any other block (``tests/test_sketch.py`` checks it across chunkings and thread
-counts), and batching the blocks costs no more than one large product.
+counts). Batched, the blocks take 0.9-1.3x the time of one plain product (measured on a
+2-core CPU, 128-4,096 rows, k = 3-32).
 """
 
 from __future__ import annotations
