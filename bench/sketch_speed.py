@@ -1,13 +1,15 @@
 """Sketch build and query speed: 1e6 points of d = 32 into 4,096 random Fourier features.
 
     .venv/bin/python bench/sketch_speed.py [--n 1000000] [--features 4096] [--queries 100000]
-        [--threads T]
+        [--threads T] [--runs 5]
 
 Times the exact accumulation (chunked float32 matmul + cos/sin into the contiguous halves of a
 reused buffer, float64 sums), the gate release on top of it (noise for 4,097 coordinates,
 signed ledger entry), and batched KDE queries with and without their error bounds (float32
 features in cache-sized blocks; the bound includes the float32 rounding term), then each step
-of the query pass timed alone.
+of the query pass timed alone. Each query pass runs ``--runs`` times and the table gives the
+median (and the fastest and slowest run): a 0.2-1 s pass on a shared machine can catch a
+neighbour's burst.
 Prints Markdown tables with wall seconds and the process's CPU seconds, and the machine's load
 average before and after (on a shared machine the wall time depends on the others' load; the
 CPU time much less so; with T threads CPU seconds add up over the threads).
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -59,6 +62,17 @@ def breakdown(engine: SketchQuery, queries: np.ndarray) -> dict[str, float]:
     return seconds
 
 
+def timed(
+    run: Callable[[np.ndarray], object], queries: np.ndarray, device: torch.device
+) -> tuple[float, float]:
+    """Wall and CPU seconds of ``run(queries)``."""
+    start, cpu_start = time.perf_counter(), time.process_time()
+    run(queries)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, time.process_time() - cpu_start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10**6)
@@ -67,6 +81,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=100_000)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs of each query pass")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -89,13 +104,15 @@ def main() -> None:
     engine.density(queries[:1000])
     if device.type == "cuda":
         torch.cuda.synchronize()
-    start_q, cpu_start_q = time.perf_counter(), time.process_time()
-    engine.density(queries)
-    mid_q, cpu_mid_q = time.perf_counter(), time.process_time()
-    engine.error_bound(queries)
-    end_q, cpu_end_q = time.perf_counter(), time.process_time()
-    engine.density_with_bound(queries)
-    both_q, cpu_both_q = time.perf_counter(), time.process_time()
+    passes = {
+        "density queries": engine.density,
+        "error bounds": engine.error_bound,
+        "densities with bounds (one pass)": engine.density_with_bound,
+    }
+    timings = {
+        name: [timed(run, queries, device) for _ in range(args.runs)]
+        for name, run in passes.items()
+    }
     load_after = os.getloadavg()
     print(f"device: {device} ({torch.get_num_threads()} CPU threads)")
     print(
@@ -111,18 +128,15 @@ def main() -> None:
     )
     print(f"| gate release (noise + ledger) | {released - built:.2f} | | |")
     print(f"| build total | {released - start:.2f} | | |")
-    print(
-        f"| {args.queries:,} density queries | {mid_q - start_q:.2f} |"
-        f" {cpu_mid_q - cpu_start_q:.2f} | {args.queries / (mid_q - start_q):,.0f} queries/s |"
-    )
-    print(
-        f"| {args.queries:,} error bounds | {end_q - mid_q:.2f} | {cpu_end_q - cpu_mid_q:.2f} |"
-        f" {args.queries / (end_q - mid_q):,.0f} queries/s |"
-    )
-    print(
-        f"| {args.queries:,} densities with bounds (one pass) | {both_q - end_q:.2f} |"
-        f" {cpu_both_q - cpu_end_q:.2f} | {args.queries / (both_q - end_q):,.0f} queries/s |"
-    )
+    for name, runs in timings.items():
+        wall = sorted(w for w, _ in runs)
+        cpu = float(np.median([c for _, c in runs]))
+        middle = float(np.median(wall))
+        print(
+            f"| {args.queries:,} {name} (median of {len(runs)}; fastest, slowest) |"
+            f" {middle:.2f} ({wall[0]:.2f}, {wall[-1]:.2f}) | {cpu:.2f} |"
+            f" {args.queries / middle:,.0f} queries/s |"
+        )
     print()
     print(f"| step of the query pass ({args.queries:,} queries, timed alone) | s |")
     print("|---|---|")

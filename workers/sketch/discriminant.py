@@ -136,7 +136,7 @@ class SketchDiscriminant:
         coordinates = basis @ p.T  # (k, m) of the public rows
         total = torch.cov(coordinates)
         within_values, within_vectors = torch.linalg.eigh(total - between)
-        lowest = floor * float(torch.linalg.eigvalsh(total).clamp_min(0).mean())
+        lowest = floor * float(total.trace()) / total.shape[0]  # a covariance's mean eigenvalue
         inverse_values = 1.0 / within_values.clamp_min(lowest)
         precision = (within_vectors * inverse_values) @ within_vectors.T
         means = _refined_means(
