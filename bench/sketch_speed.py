@@ -3,13 +3,13 @@
     .venv/bin/python bench/sketch_speed.py [--n 1000000] [--features 4096] [--queries 100000]
         [--threads T] [--runs 5]
 
-Times the exact accumulation (chunked float32 matmul + cos/sin into the contiguous halves of a
-reused buffer, float64 sums), the gate release on top of it (noise for 4,097 coordinates,
-signed ledger entry), and batched KDE queries with and without their error bounds (float32
-features in cache-sized blocks; the bound includes the float32 rounding term), then each step
-of the query pass timed alone. Each query pass runs ``--runs`` times and the table gives the
-median (and the fastest and slowest run): a 0.2-1 s pass on a shared machine can catch a
-neighbour's burst.
+Times the exact accumulation (float32 products in fixed-shape blocks + cos/sin into the
+contiguous halves of a reused buffer, exact sums of fixed-point features), the gate release on
+top of it (noise for 4,097 coordinates, signed ledger entry), and batched KDE queries with and
+without their error bounds (float32 features in cache-sized blocks; the bound includes the
+float32 rounding term), then each step of the query pass timed alone. Each query pass runs
+``--runs`` times and the table gives the median (and the fastest and slowest run): a 0.2-1 s
+pass on a shared machine can catch a neighbour's burst.
 Prints Markdown tables with wall seconds and the process's CPU seconds, and the machine's load
 average before and after (on a shared machine the wall time depends on the others' load; the
 CPU time much less so; with T threads CPU seconds add up over the threads).
