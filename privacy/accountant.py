@@ -281,19 +281,21 @@ def zcdp_epsilon(rho: Fraction | float, delta: float) -> float:
 
 
 def rho_for_epsilon(epsilon: float, delta: float) -> Fraction:
-    """Largest rho (to 1e-12 relative) whose ``zcdp_epsilon`` is at most ``epsilon``."""
+    """The largest rho (to a few units in the last place) whose ``zcdp_epsilon`` is at most
+    ``epsilon``.
+
+    ``zcdp_epsilon`` is the least of one line ``rho alpha + c_alpha`` per order, so it is at most
+    epsilon exactly when one line is: the largest such rho is the largest of the
+    ``(epsilon - c_alpha) / alpha``, in one pass instead of a search. Rounding can leave the
+    figure of that rho a hair above epsilon, so it steps down to the next float until it is not.
+    """
     if epsilon <= 0:
         return Fraction(0)
-    lo, hi = 0.0, epsilon  # rho-zCDP gives epsilon >= rho, so rho <= epsilon
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if zcdp_epsilon(mid, delta) <= epsilon:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo <= 1e-12 * hi:
-            break
-    return Fraction(lo)
+    offsets = _LOG_ORDER_TERMS - math.log(delta) / (ORDERS - 1)  # the c_alpha
+    rho = max(float(((epsilon - offsets) / ORDERS).max()), 0.0)
+    while rho > 0 and zcdp_epsilon(rho, delta) > epsilon:
+        rho = math.nextafter(rho, 0.0)
+    return Fraction(rho)
 
 
 @dataclass(frozen=True)

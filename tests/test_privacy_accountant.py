@@ -111,12 +111,16 @@ def test_zcdp_conversion_is_opacus_conversion_of_the_linear_curve() -> None:
     assert zcdp_epsilon(0, 1e-6) == 0.0
 
 
-def test_rho_for_epsilon_inverts_the_conversion_from_below() -> None:
-    for eps in (0.1, 1.0, 8.0):
-        rho = rho_for_epsilon(eps, 1e-6)
-        assert isinstance(rho, Fraction)
-        assert zcdp_epsilon(rho, 1e-6) <= eps
-        assert zcdp_epsilon(float(rho) * (1 + 1e-8), 1e-6) > eps * (1 - 1e-6)
+@pytest.mark.parametrize(
+    ("eps", "delta"), [(0.1, 1e-6), (1.0, 1e-6), (8.0, 1e-6), (1.0, 1e-12), (0.01, 0.1)]
+)
+def test_rho_for_epsilon_inverts_the_conversion_from_below(eps: float, delta: float) -> None:
+    """The largest rho within rounding: its epsilon is at most the target, and 1e-12 more rho
+    overshoots it (at delta = 0.1 and small epsilon that rho exceeds epsilon itself)."""
+    rho = rho_for_epsilon(eps, delta)
+    assert isinstance(rho, Fraction)
+    assert zcdp_epsilon(rho, delta) <= eps
+    assert zcdp_epsilon(float(rho) * (1 + 1e-12), delta) > eps
 
 
 def test_gaussian_zcdp_and_rdp_agree_without_sampling() -> None:

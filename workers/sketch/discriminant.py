@@ -190,15 +190,22 @@ def _refined_means(
     ``Sigma_W^-1 = vectors diag(inverse_values) vectors'``. In that eigenbasis every system
     ``R_c Sigma_W^-1 + I / v_c`` is diagonal, so a step is a few products, not C solves."""
     exact = variance <= 0  # noiseless sums (tests, or epsilon = inf) pin their means
+    pinned = bool(exact.any())
     variance = torch.where(exact, 1.0, variance)
     rows = vectors.T @ public  # (k, m)
     anchors = vectors.T @ released  # (k, C)
+    anchor_pull, anchor_precision = anchors / variance, 1.0 / variance
+    inverse_column, log_weights = inverse_values[:, None], weights.log()
     means = anchors
+    # At k = 20, C = 10 and a few hundred public rows each operation costs more in dispatch than
+    # in arithmetic: a step is fused into nine, and the responsibilities are laid out (C, m),
+    # where a softmax over the classes runs 3x faster than over the rows of (m, C).
     for _ in range(steps):
-        coefficients = inverse_values[:, None] * means
-        log_joint = rows.T @ coefficients - 0.5 * (means * coefficients).sum(0) + weights.log()
-        claimed = torch.softmax(log_joint, dim=1)  # (m, C)
-        targets = inverse_values[:, None] * (rows @ claimed) + anchors / variance
-        means = targets / (claimed.sum(0) * inverse_values[:, None] + 1.0 / variance)
-        means = torch.where(exact, anchors, means)
+        coefficients = inverse_column * means
+        offsets = torch.addmv(log_weights, means.square().T, inverse_values, alpha=-0.5)
+        claimed = torch.softmax(torch.addmm(offsets[:, None], coefficients.T, rows), dim=0)
+        targets = torch.addcmul(anchor_pull, inverse_column, rows @ claimed.T)
+        means = targets / torch.addr(anchor_precision, inverse_values, claimed.sum(1))
+        if pinned:
+            means = torch.where(exact, anchors, means)
     return vectors @ means
