@@ -154,8 +154,9 @@ def discrete_gaussian_array(
     Candidates Y ~ discrete Laplace(t) are drawn in batches and each kept with probability
     exp(-(|Y| t den - num)^2 / (2 num den t^2)), as in ``_discrete_gaussian``. That exponent is
     computed in int64 when it fits (count noise: sigma^2 a multiple of 1/1024 up to about 10^6)
-    and on Python integers otherwise (the fixed-point Gaussian mechanism's variances, 2^40 units
-    and up), a few operations per candidate.
+    and otherwise (the fixed-point Gaussian mechanism's variances, 2^40 units and up) in
+    float64 with its error bounded, settling on Python integers only the few candidates whose
+    outcome the bound leaves open (``_bernoulli_exp_of_squares``).
     """
     num, den = _ratio(sigma2, "the discrete Gaussian variance parameter sigma^2")
     _check_int64(60 * math.sqrt(num / den), "the discrete Gaussian scale")
@@ -170,10 +171,16 @@ def discrete_gaussian_array(
         want = size - have
         y = _discrete_laplace_batch(t, 1, want + want // 2 + 16, words)
         a = np.abs(y)
-        if max(num, int(a.max(initial=0)) * t * den) > _SQRT_MAX_INT64:
-            a = a.astype(object)
-        a = a * (t * den) - num
-        kept = y[_bernoulli_exp_ratio(a * a, bottom, words)][:want]
+        top = max(num, int(a.max(initial=0)) * t * den)
+        if top <= _SQRT_MAX_INT64 and bottom * _ROUNDS_BATCHED <= _MAX_INT64:
+            a = a * (t * den) - num
+            accept = _bernoulli_exp_ratio(a * a, bottom, words)
+        elif top <= _MAX_INT64 and bottom < _FLOAT_FILTER_MAX:
+            accept = _bernoulli_exp_of_squares(a * (t * den) - num, bottom, words)
+        else:
+            a = a.astype(object) * (t * den) - num
+            accept = _bernoulli_exp_ratio(a * a, bottom, words)
+        kept = y[accept][:want]
         parts.append(kept)
         have += kept.size
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
@@ -398,6 +405,76 @@ def _bernoulli_exp_ratio(numerators: np.ndarray, d: int, words: _WordStream) -> 
         running = running[hit]
         k += 1
     return ok
+
+
+# x = a^2 / d in float64 (two conversions, a product and a quotient, each rounded to within
+# 2^-53) lies within 5 * 2^-53 x < 2^-49 x of the true value: brackets of +-2^-48 x hold it.
+_FLOAT_SLACK = 2.0**-48
+_FLOAT_FILTER_MAX = 2**900  # so that a nonzero a^2 / d is a normal float, never zero
+
+
+def _bernoulli_exp_of_squares(a: np.ndarray, d: int, words: _WordStream) -> np.ndarray:
+    """Bernoulli(exp(-a^2 / d)) for each int64 a and an integer 1 <= d < 2^900, exactly, with
+    the arithmetic in float64 wherever its error bound settles the outcome.
+
+    ``lo`` and ``hi``, x = a^2 / d in float64 less and plus 2^-48 x (rounded once more), bracket
+    the true x. Where floor(lo) = floor(hi) = w, that is floor(x), and exp(-x) is a run of at
+    least w successes of Bernoulli(exp(-1)) (as in ``_bernoulli_exp_ratio``), then Algorithm 1
+    on phi = x - w, which lies in [lo - w, hi - w] (both differences exact, by Sterbenz's
+    lemma). Round k of Algorithm 1 succeeds when U < phi / k, U = (W + V) / 2^64 with W a
+    uniform word and V in [0, 1) the bits after it. A word below a float under (lo - w) 2^64 / k
+    settles it as a success, a word at or above a float over (hi - w) 2^64 / k as a failure
+    (each float carries a relative margin of 2^-51 past its two roundings); only words between
+    the two (about 2^-47 x of them) are settled exactly on Python integers (``_settle_round``).
+    Candidates whose floor the bracket leaves open, or whose w exceeds 2^40 (probability
+    exp(-2^40)), go through the exact scalar ``_bernoulli_exp``. On the fixed-point Gaussian
+    mechanism's variances this replaces a dozen passes of Python-integer arithmetic over every
+    candidate (0.5 ms of 1.1 for 650 draws on a 2-core EPYC).
+    """
+    x = np.square(a.astype(np.float64)) / float(d)
+    lo, hi = x - x * _FLOAT_SLACK, x + x * _FLOAT_SLACK
+    whole = np.floor(lo)
+    ok = np.ones(a.size, dtype=bool)
+    scalar = (np.floor(hi) != whole) | (whole > 2**40)
+    for i in np.flatnonzero(scalar):
+        ok[i] = _bernoulli_exp(int(a[i]) ** 2, d, words.source)
+    wholes = np.where(scalar, 0.0, whole).astype(np.int64)
+    need = np.flatnonzero(wholes > 0)
+    ok[need] = _exp_minus_one_runs(need.size, words) >= wholes[need]
+    running = np.flatnonzero(ok & ~scalar)
+    low, high = (lo - whole)[running] * 2.0**64, (hi - whole)[running] * 2.0**64
+    k = 1
+    while running.size and k <= _ROUNDS_BATCHED:
+        word = words.take(running.size)
+        below = np.floor(low / k * (1.0 - 2.0**-51)).astype(np.uint64)
+        above = np.ceil(high / k * (1.0 + 2.0**-51))
+        unbounded = above >= 2.0**64
+        hit = word < below
+        miss = ~unbounded & (word >= np.where(unbounded, 0.0, above).astype(np.uint64))
+        for j in np.flatnonzero(~hit & ~miss):
+            i = running[j]
+            rest = int(a[i]) ** 2 - int(whole[i]) * d
+            hit[j] = _settle_round(int(word[j]), rest, d * k, words.source)
+        ok[running[~hit]] = k % 2 == 1
+        running, low, high = running[hit], low[hit], high[hit]
+        k += 1
+    for i in running:  # past the batched rounds: probability below 1/64!, but exact
+        rest, j = int(a[i]) ** 2 - int(whole[i]) * d, k
+        while words.source.randbelow(d * j) < rest:
+            j += 1
+        ok[i] = j % 2 == 1
+    return ok
+
+
+def _settle_round(word: int, rest: int, dk: int, source: RandomBits) -> bool:
+    """Whether (word + V) / 2^64 < rest / dk for V uniform on [0, 1): read V's bits as a
+    uniform integer below dk where the word alone does not decide."""
+    target, low = rest << 64, word * dk
+    if low + dk <= target:
+        return True
+    if low >= target:
+        return False
+    return source.randbelow(dk) < target - low
 
 
 def _bernoulli_ratio(n: np.ndarray, d: int, words: _WordStream) -> np.ndarray:

@@ -152,6 +152,61 @@ def test_batched_bernoulli_exp_is_exact_past_its_batched_rounds(monkeypatch) -> 
     assert stats.binomtest(int(hits.sum()), N, math.exp(-3 - 7 / 2**80)).pvalue > ALPHA
 
 
+class _ConstantWords:
+    """Every word of every block equal to ``word``; ``randbelow`` from a seeded stream."""
+
+    cryptographic = False
+
+    def __init__(self, word: int, seed: int) -> None:
+        self.word = word
+        self.inner = SeededBits(seed)
+
+    def fresh_block(self) -> bytes:
+        return np.full(64, self.word, dtype="<u8").tobytes()
+
+    def randbelow(self, k: int) -> int:
+        return self.inner.randbelow(k)
+
+
+@pytest.mark.parametrize(
+    ("a", "d", "on_integers"),
+    [
+        (3 * 2**40 + 12_345, 2**80 + 3, False),  # x = 9.0000...: a run of nine, a remainder
+        (2**40 + 11, 3 * 2**80 + 1, False),  # x = 1/3 + 7e-12
+        (2**45 + 7, (2**45 + 7) ** 2 // 3, True),  # x = 3: the float bracket holds 2 and 3
+        (2**45 + 8, (2**45 + 8) ** 2 // 3, True),  # x = 3 + 1/d: the same
+    ],
+)
+def test_float_filtered_bernoulli_exp_of_squares_has_probability_exp_minus_x(
+    monkeypatch, a: int, d: int, on_integers: bool
+) -> None:
+    """exp(-a^2 / d) in float64 where its error bracket decides floor(x), and on Python
+    integers (the scalar sampler, once per draw) where it does not."""
+    scalar_calls = []
+    exact = samplers._bernoulli_exp
+    monkeypatch.setattr(
+        samplers, "_bernoulli_exp", lambda *args: scalar_calls.append(1) or exact(*args)
+    )
+    words = samplers._WordStream(SeededBits(a % 1000))
+    hits = samplers._bernoulli_exp_of_squares(np.full(N, a, dtype=np.int64), d, words)
+    p = math.exp(-float(Fraction(a * a, d)))
+    assert stats.binomtest(int(hits.sum()), N, p).pvalue > ALPHA
+    assert len(scalar_calls) == (N if on_integers else 0)
+
+
+def test_float_filtered_bernoulli_settles_words_inside_its_error_bracket_exactly() -> None:
+    """Every word equal to T = floor(phi 2^64), inside the float bracket at round 1: the first
+    round succeeds with the tie's probability (phi 2^64 mod 1), then the second (T far above
+    phi 2^64 / 2) fails, so the draw is exp(-phi)'s complement of that probability."""
+    a, d = 2**40 + 11, 3 * 2**80 + 1  # x = phi = 1/3 + 7e-12
+    threshold = ((a * a) << 64) // d
+    tie = (((a * a) << 64) - threshold * d) / d
+    words = samplers._WordStream(_ConstantWords(threshold, 35))
+    hits = samplers._bernoulli_exp_of_squares(np.full(N, a, dtype=np.int64), d, words)
+    assert 0.3 < tie < 0.7  # a word outside the bracket would give all or none
+    assert stats.binomtest(int(hits.sum()), N, 1 - tie).pvalue > ALPHA
+
+
 @pytest.mark.parametrize("bound", [3, 7, 2**31 + 1, 2**32, 3 * 2**40 + 5])
 def test_batched_randbelow_is_uniform_on_both_paths(bound: int) -> None:
     """32-bit bounds by multiply-and-shift, larger ones by masking: values below the bound,

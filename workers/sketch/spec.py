@@ -140,6 +140,8 @@ class SketchSpec:
 
     def require_compatible(self, other: SketchSpec, what: str = "merge") -> None:
         """Raise ``SketchMismatch`` naming every field in which ``other`` differs."""
+        if other is self or other == self:
+            return
         diffs = [
             f"{f.name} {getattr(self, f.name)!r} != {getattr(other, f.name)!r}"
             for f in fields(self)
