@@ -192,6 +192,7 @@ _WORDS_PER_CALL = 32  # words per randbits call of a generic source (k-bit integ
 _ROUNDS_BATCHED = 64  # rounds of Algorithm 1's loop run batched; the rare rest run one by one
 _MAX_INT64 = 2**63 - 1
 _SQRT_MAX_INT64 = math.isqrt(_MAX_INT64)
+_LOW_32 = np.uint64(2**32 - 1)
 
 
 class _WordStream:
@@ -235,39 +236,36 @@ class _WordStream:
         return np.frombuffer(raw, dtype="<u8").astype(np.uint64)
 
 
-def _randbelow_array(bounds: np.ndarray, words: _WordStream) -> np.ndarray:
-    """Uniform on {0, ..., b - 1} for each int64 bound 1 <= b < 2^63.
+def _randbelow_array(bound: int, count: int, words: _WordStream) -> np.ndarray:
+    """``count`` uniform draws on {0, ..., bound - 1}, for one bound 1 <= bound < 2^63.
 
     Bounds up to 2^32 take Lemire's multiply-and-shift on 32-bit halves of words (ACM TOMACS
     2019): for X uniform on [0, 2^32), X b = H 2^32 + L, and H is uniform on [0, b) given
-    L >= 2^32 mod b (a draw is redrawn with probability below b / 2^32). Larger bounds take
-    the low bits of a word under the smallest all-ones mask covering b - 1, redrawing a draw
-    >= b (at most half are redrawn). Neither has a modulo bias.
+    L >= 2^32 mod b (a draw is rejected with probability below b / 2^32). Larger bounds take
+    the low bits of a word under the smallest all-ones mask covering b - 1, rejecting a draw
+    >= b (at most half are rejected). Neither has a modulo bias. Rejected draws are dropped and
+    later ones fill their places; which are kept does not depend on the kept values, so those
+    stay independent and uniform.
     """
-    largest = int(bounds.max(initial=1))
-    if largest == 1:
-        return np.zeros(bounds.size, np.int64)
-    out = np.empty(bounds.size, np.int64)
-    todo = np.arange(bounds.size)
-    if largest <= 2**32:
-        wide = bounds.astype(np.uint64)
-        low_bits = np.uint64(2**32 - 1)
-        floor = (np.uint64(2**32) - wide) % wide  # 2^32 mod b
-        while todo.size:
-            product = words.take(todo.size, 32).astype(np.uint64) * wide[todo]
-            ok = (product & low_bits) >= floor[todo]
-            out[todo[ok]] = (product[ok] >> np.uint64(32)).astype(np.int64)
-            todo = todo[~ok]
-        return out
-    mask = (bounds - 1).astype(np.uint64)
-    for shift in (1, 2, 4, 8, 16, 32):
-        mask |= mask >> np.uint64(shift)
-    while todo.size:
-        draw = (words.take(todo.size) & mask[todo]).astype(np.int64)
-        ok = draw < bounds[todo]
-        out[todo[ok]] = draw[ok]
-        todo = todo[~ok]
-    return out
+    if bound == 1:
+        return np.zeros(count, np.int64)
+    parts: list[np.ndarray] = []
+    have = 0
+    if bound <= 2**32:
+        wide, reject_below = np.uint64(bound), np.uint64((2**32 - bound) % bound)
+        while have < count:
+            product = words.take(count - have, 32).astype(np.uint64) * wide
+            kept = product[(product & _LOW_32) >= reject_below] >> np.uint64(32)
+            parts.append(kept.astype(np.int64))
+            have += kept.size
+    else:
+        mask = np.uint64((1 << (bound - 1).bit_length()) - 1)
+        while have < count:
+            draw = (words.take(count - have) & mask).astype(np.int64)
+            kept = draw[draw < bound]
+            parts.append(kept)
+            have += kept.size
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def _bernoulli_exp_le1_array(n: np.ndarray, d: int, words: _WordStream) -> np.ndarray:
@@ -283,7 +281,7 @@ def _bernoulli_exp_le1_array(n: np.ndarray, d: int, words: _WordStream) -> np.nd
     for k in range(1, _ROUNDS_BATCHED):
         if not running.size:
             return result
-        hit = _randbelow_array(np.full(running.size, d * k), words) < n[running]
+        hit = _randbelow_array(d * k, running.size, words) < n[running]
         result[running[~hit]] = k % 2 == 1
         running = running[hit]
     for i in running:  # k >= 64 has probability below 1/64!, but the loop must be exact
@@ -362,7 +360,7 @@ def _discrete_laplace_batch(t: int, s: int, size: int, words: _WordStream) -> np
         # A candidate survives exp(-U/t) with probability about 0.63, and the sign step's
         # rejection of -0 removes a few more.
         m = 2 * (size - have) + 16
-        u = _randbelow_array(np.full(m, t, dtype=np.int64), words)
+        u = _randbelow_array(t, m, words)
         u = u[_bernoulli_exp_le1_array(u, t, words)]
         v = _exp_minus_one_runs(u.size, words)
         if v.size and int(v.max()) > (_MAX_INT64 - t) // t:
