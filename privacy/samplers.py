@@ -1,8 +1,9 @@
 """Exact samplers for discrete Laplace and discrete Gaussian noise.
 
 These follow Canonne, Kamath & Steinke, "The Discrete Gaussian for Differential Privacy"
-(NeurIPS 2020), Algorithms 1-3. Every step is integer or rational arithmetic on uniformly random
-integers from a ``RandomBits`` source, so the output distribution is exactly the stated one:
+(NeurIPS 2020), Algorithms 1-3. Every decision rests on integer or rational arithmetic on
+uniformly random integers from a ``RandomBits`` source (floats appear only as proven brackets,
+below), so the output distribution is exactly the stated one:
 there is no floating-point arithmetic whose rounding could depend on the secret value (the
 failure of textbook float Laplace noise shown by Mironov, CCS 2012).
 
@@ -13,7 +14,10 @@ for all pending draws at once) and are as exact: every comparison is still betwe
 integers and integer thresholds (see ``_bernoulli_ratio`` for the one test that needs more than
 64 bits). A batch keeps the accepted candidates in the order they were drawn and stops when it
 has enough, which does not depend on their values, so the draws are independent and each has
-exactly the target distribution.
+exactly the target distribution. One step uses floats (``_bernoulli_exp_of_squares``, for the
+fixed-point Gaussian's acceptance test): there they only bracket an exact rational, each outcome
+they settle is one the bracket proves, and the rest are settled on integers, so the draws keep
+the exact distribution; the floats see candidate noise values only, never the query's answer.
 """
 
 from __future__ import annotations
