@@ -175,7 +175,7 @@ def discrete_gaussian_array(
         want = size - have
         y = _discrete_laplace_batch(t, 1, want + want // 2 + 16, words)
         a = np.abs(y)
-        top = max(num, int(a.max(initial=0)) * t * den)
+        top = max(num, max(int(a.max(initial=0)), 1) * t * den)  # t den itself must fit too
         if top <= _SQRT_MAX_INT64 and bottom * _ROUNDS_BATCHED <= _MAX_INT64:
             a = a * (t * den) - num
             accept = _bernoulli_exp_ratio(a * a, bottom, words)
@@ -251,7 +251,7 @@ def _randbelow_array(bound: int, count: int, words: _WordStream) -> np.ndarray:
     later ones fill their places; which are kept does not depend on the kept values, so those
     stay independent and uniform.
     """
-    if bound == 1:
+    if bound == 1 or not count:
         return np.zeros(count, np.int64)
     parts: list[np.ndarray] = []
     have = 0

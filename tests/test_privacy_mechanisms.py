@@ -211,7 +211,9 @@ def test_float_filtered_bernoulli_settles_words_inside_its_error_bracket_exactly
 def test_batched_randbelow_is_uniform_on_both_paths(bound: int) -> None:
     """32-bit bounds by multiply-and-shift, larger ones by masking: values below the bound,
     uniform over 10 equal-width cells (and over all values for the small bounds)."""
-    draws = samplers._randbelow_array(bound, N, samplers._WordStream(SeededBits(bound)))
+    words = samplers._WordStream(SeededBits(bound))
+    assert samplers._randbelow_array(bound, 0, words).shape == (0,)
+    draws = samplers._randbelow_array(bound, N, words)
     assert draws.min() >= 0 and draws.max() < bound
     cells = min(bound, 10)
     counts = np.bincount(draws * cells // bound, minlength=cells)
