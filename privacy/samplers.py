@@ -48,13 +48,14 @@ def bernoulli(p: Fraction | int | float, rng: RandomBits | None = None) -> bool:
     return (rng or system_bits()).randbelow(q.denominator) < q.numerator
 
 
-def _bernoulli_exp_le1(n: int, d: int, rng: RandomBits) -> bool:
+def _bernoulli_exp_le1(n: int, d: int, rng: RandomBits, first: int = 1) -> bool:
     """Bernoulli(exp(-n/d)) for 0 <= n/d <= 1 (CKS Algorithm 1, first branch).
 
     Draw A_k ~ Bernoulli(gamma / k) for k = 1, 2, ... until the first failure at index K. Then
-    P[K > k] = gamma^k / k!, so P[K odd] = sum_k (-gamma)^k / k! = exp(-gamma).
+    P[K > k] = gamma^k / k!, so P[K odd] = sum_k (-gamma)^k / k! = exp(-gamma). ``first`` > 1
+    continues a draw whose rounds before it have succeeded (the batched samplers' rare tails).
     """
-    k = 1
+    k = first
     randbelow = rng.randbelow
     while randbelow(d * k) < n:
         k += 1
@@ -289,10 +290,7 @@ def _bernoulli_exp_le1_array(n: np.ndarray, d: int, words: _WordStream) -> np.nd
         result[running[~hit]] = k % 2 == 1
         running = running[hit]
     for i in running:  # k >= 64 has probability below 1/64!, but the loop must be exact
-        k = _ROUNDS_BATCHED
-        while words.source.randbelow(d * k) < int(n[i]):
-            k += 1
-        result[i] = k % 2 == 1
+        result[i] = _bernoulli_exp_le1(int(n[i]), d, words.source, _ROUNDS_BATCHED)
     return result
 
 
@@ -436,6 +434,11 @@ def _bernoulli_exp_of_squares(a: np.ndarray, d: int, words: _WordStream) -> np.n
     x = np.square(a.astype(np.float64)) / float(d)
     lo, hi = x - x * _FLOAT_SLACK, x + x * _FLOAT_SLACK
     whole = np.floor(lo)
+
+    def remainder(i: int) -> int:
+        """a^2 - w d exactly: phi = x - w of the i-th candidate, times d."""
+        return int(a[i]) ** 2 - int(whole[i]) * d
+
     ok = np.ones(a.size, dtype=bool)
     scalar = (np.floor(hi) != whole) | (whole > 2**40)
     for i in np.flatnonzero(scalar):
@@ -454,17 +457,12 @@ def _bernoulli_exp_of_squares(a: np.ndarray, d: int, words: _WordStream) -> np.n
         hit = word < below
         miss = ~unbounded & (word >= np.where(unbounded, 0.0, above).astype(np.uint64))
         for j in np.flatnonzero(~hit & ~miss):
-            i = running[j]
-            rest = int(a[i]) ** 2 - int(whole[i]) * d
-            hit[j] = _settle_round(int(word[j]), rest, d * k, words.source)
+            hit[j] = _settle_round(int(word[j]), remainder(running[j]), d * k, words.source)
         ok[running[~hit]] = k % 2 == 1
         running, low, high = running[hit], low[hit], high[hit]
         k += 1
     for i in running:  # past the batched rounds: probability below 1/64!, but exact
-        rest, j = int(a[i]) ** 2 - int(whole[i]) * d, k
-        while words.source.randbelow(d * j) < rest:
-            j += 1
-        ok[i] = j % 2 == 1
+        ok[i] = _bernoulli_exp_le1(remainder(i), d, words.source, k)
     return ok
 
 

@@ -150,6 +150,9 @@ def test_batched_bernoulli_exp_is_exact_past_its_batched_rounds(monkeypatch) -> 
     big = np.array([3 * 2**80 + 7] * N, dtype=object)  # floor(n / d) = 3: a run, then a remainder
     hits = samplers._bernoulli_exp_ratio(big, 2**80, words)
     assert stats.binomtest(int(hits.sum()), N, math.exp(-3 - 7 / 2**80)).pvalue > ALPHA
+    a, d = 3 * 2**40, 10 * (3 * 2**40) ** 2 // 9 + 1  # float route, x = 0.9: 40% pass round 2
+    hits = samplers._bernoulli_exp_of_squares(np.full(N, a, dtype=np.int64), d, words)
+    assert stats.binomtest(int(hits.sum()), N, math.exp(-float(Fraction(a * a, d)))).pvalue > ALPHA
 
 
 class _ConstantWords:
