@@ -2,6 +2,7 @@ import pytest
 import torch
 from conftest import dense_stack
 
+from gramfed.workers.block_kernels import FeatureBlockKernels, LazyBlockKernels
 from gramfed.workers.gram import GramOptions, NoiseAugmentedGram, SubKernelGram
 from gramfed.workers.kernels.gsmp import GSMPGrid, GSMPKernel
 
@@ -128,3 +129,28 @@ def test_noise_augmented_stack_appends_the_identity() -> None:
         )
         torch.testing.assert_close(gram.inner(mat, part), (stack[part] * mat).sum((1, 2)))
         torch.testing.assert_close(gram.matvec(u, part), stack[part] @ u)
+
+
+@pytest.mark.parametrize("dims", [1, 2])
+def test_block_kernel_reductions_equal_dense_formula(dims: int) -> None:
+    """Both ways of reducing over several blocks' free weights match the dense sub-kernels,
+    with zeros in the padding of the shorter blocks."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.rand(30, dims, generator=gen, dtype=torch.float64) * 20
+    grid = GSMPGrid.default(dims, per_dim=24, scale=0.02)
+    stack = dense_stack(grid, x, x)
+    gram = SubKernelGram(GSMPKernel(grid), x)
+    assert gram.spectral is not None
+    size = grid.num_components
+    chosen = [torch.tensor([0, 3, 4, 9]), torch.tensor([size - 1]), torch.arange(10, 17)]
+    u = torch.randn(len(chosen), 30, generator=gen, dtype=torch.float64)
+    weights = torch.rand(len(chosen), 7, generator=gen, dtype=torch.float64)
+    for kernels in (FeatureBlockKernels(gram.spectral, chosen), LazyBlockKernels(gram, chosen)):
+        products, sums = kernels.matvec(u), kernels.weighted_sum(weights)
+        assert products.shape == (3, 7, 30) and sums.shape == (3, 30, 30)
+        for b, components in enumerate(chosen):
+            k = components.numel()
+            torch.testing.assert_close(products[b, :k], stack[components] @ u[b])
+            assert not bool(products[b, k:].any())
+            expected = torch.tensordot(weights[b, :k], stack[components], 1)
+            torch.testing.assert_close(sums[b], expected)

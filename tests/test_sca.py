@@ -4,6 +4,7 @@ import torch
 from conftest import dense_stack
 from scipy.optimize import minimize
 
+from gramfed.workers import sca
 from gramfed.workers.gram import SubKernelGram
 from gramfed.workers.kernels.gsmp import GSMPGrid, GSMPKernel
 from gramfed.workers.sca import ConsensusPenalty, LocalProblem, SCAOptions, _centring
@@ -105,7 +106,7 @@ def test_block_surrogate_is_solved_to_optimality(
     point = problem.evaluate(torch.zeros(problem.size, dtype=torch.float64), penalty)
     slope = problem.gram.inner(torch.cholesky_inverse(point.chol))
     model_u = problem._model_solution(point)
-    ours = problem._solve_block(point, model_u, slice(0, problem.size), slope, penalty)
+    ours = problem._solve_blocks(point, model_u, [slice(0, problem.size)], slope, penalty)
 
     def surrogate(a: np.ndarray) -> tuple[float, np.ndarray]:
         at = torch.from_numpy(a)
@@ -129,11 +130,56 @@ def test_block_surrogate_is_solved_to_optimality(
 
 def test_centring_survives_duals_that_underflowed() -> None:
     """mu = 0 (every dual underflowed) means no centring, not a division by zero."""
-    assert _centring(0.0, 0.0) == 0.0
-    assert _centring(1e-3, 1e-2) == pytest.approx(1e-3)
-    assert _centring(2.0, 1.0) == 1.0
+    sigma = _centring(
+        torch.tensor([0.0, 1e-3, 2.0], dtype=torch.float64),
+        torch.tensor([0.0, 1e-2, 1.0], dtype=torch.float64),
+    )
+    assert sigma.tolist() == pytest.approx([0.0, 1e-3, 1.0])
 
 
 def test_unknown_surrogate_is_refused() -> None:
     with pytest.raises(ValueError, match="surrogate must be"):
         SCAOptions(surrogate="secant")
+
+
+@pytest.mark.parametrize("rho", [1e-10, 0.5])
+def test_blocks_solved_together_equal_blocks_solved_alone(
+    toy_regression, monkeypatch: pytest.MonkeyPatch, rho: float
+) -> None:
+    """The batched interior point gives every block the result of its own solve.
+
+    The four blocks stop after different numbers of steps and join different weights, so
+    a block that stopped early must leave the batch without disturbing the others.
+    """
+    problem, _, _ = _problem(toy_regression, per_dim=120)
+    assert problem.gram.spectral is not None
+    gen = torch.Generator().manual_seed(2)
+    weights = torch.rand(problem.size, generator=gen, dtype=torch.float64)
+    weights *= torch.rand(problem.size, generator=gen) < 0.15
+    penalty = ConsensusPenalty(
+        lam=0.1 * torch.randn(problem.size, generator=gen, dtype=torch.float64),
+        theta=torch.rand(problem.size, generator=gen, dtype=torch.float64),
+        rho=rho,
+    )
+    point = problem.evaluate(weights, penalty)
+    slope = problem.gram.inner(torch.cholesky_inverse(point.chol)) + penalty.lam
+    blocks = sca._blocks(problem.size, 4)
+    model_u = problem._model_solution(point)
+
+    batches: list[int] = []
+    interior_point = problem._interior_point
+
+    def counting(point, kernels, initial, slope, penalty):
+        batches.append(len(kernels.chosen))
+        return interior_point(point, kernels, initial, slope, penalty)
+
+    monkeypatch.setattr(problem, "_interior_point", counting)
+    together = problem._solve_blocks(point, model_u, blocks, slope, penalty)
+    assert max(batches) == 4
+    batches.clear()
+    monkeypatch.setattr(sca, "BATCHED_BLOCK_FLOPS", 0)
+    alone = problem._solve_blocks(point, model_u, blocks, slope, penalty)
+    assert max(batches) == 1
+    assert int((together > 0).sum()) > 8  # the blocks really moved weights
+
+    torch.testing.assert_close(together, alone, rtol=1e-9, atol=1e-12)

@@ -7,16 +7,18 @@ from torch import Tensor
 
 
 def cholesky_solve(chol: Tensor, rhs: Tensor) -> Tensor:
-    """``(L L')^-1 rhs`` for the lower factor ``L``; ``rhs`` a vector or a matrix of columns.
+    """``(L L')^-1 rhs`` for the lower factor ``L``; ``rhs`` a vector or a matrix of columns
+    (for a batch of factors (B, n, n): a vector (B, n) or columns (B, n, k) each).
 
     Two triangular solves rather than ``torch.cholesky_solve``, which on a CPU takes 11 times
     as long at n = 4,750 (0.10 s against 0.009 s for one column) and is never faster for
     small factors; autograd runs through both.
     """
-    columns = rhs[:, None] if rhs.dim() == 1 else rhs
+    vector = rhs.dim() == chol.dim() - 1
+    columns = rhs[..., None] if vector else rhs
     half = torch.linalg.solve_triangular(chol, columns, upper=False)
     solution = torch.linalg.solve_triangular(chol.mT, half, upper=True)
-    return solution[:, 0] if rhs.dim() == 1 else solution
+    return solution[..., 0] if vector else solution
 
 
 def refined_solve(matrix: Tensor, rhs: Tensor, max_steps: int = 10) -> tuple[Tensor, Tensor] | None:

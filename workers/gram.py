@@ -88,6 +88,11 @@ class SubKernelGram:
                     raise
                 self.strategy = "streamed"  # the stack does not fit: stream tiles instead
 
+    @property
+    def spectral(self) -> SpectralStack | None:
+        """The product-form stack behind the reductions, when the strategy is spectral."""
+        return self._spectral
+
     # -- strategy ---------------------------------------------------------------------------
     def _stack_bytes(self) -> int:
         return self.num_components * self.n * self.n * torch.finfo(self.options.dtype).bits // 8

@@ -43,6 +43,12 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from gramfed.workers.block_kernels import (
+    BlockKernels,
+    FeatureBlockKernels,
+    LazyBlockKernels,
+    padded_width,
+)
 from gramfed.workers.cholesky import cholesky_solve, refined_solve
 from gramfed.workers.gram import NoiseAugmentedGram, SubKernelGram
 
@@ -52,6 +58,11 @@ Surrogate = Literal["reference", "tangent"]
 # Below this many points a float32 factor saves less than its refinement steps cost (2-core
 # CPU, one solve: 5.7 ms mixed against 4.9 ms float64 at 512 points, 14 against 18 at 1,024).
 MIXED_PRECISION_MIN_POINTS = 1024
+# The blocks' interior points run as one batch in product form where a batched reduction
+# costs at most this many flops (B n^2 K 2^P): there dispatch, not arithmetic, dominates.
+# Past it the Gram stack's own reductions (low-rank envelope, compressed block bases) win:
+# cccp1000 (500 points a shard, 2^4 features a component) took 70.9 s batched, 17.9 s not.
+BATCHED_BLOCK_FLOPS = 1e7
 
 
 @dataclass(frozen=True)
@@ -179,10 +190,7 @@ class LocalProblem:
         blocks = _blocks(self.size, opts.blocks)
         for k in range(1, opts.max_iter + 1):
             slope = self.gram.inner(torch.cholesky_inverse(point.chol)) + penalty.lam
-            model_u = self._model_solution(point)
-            target = torch.empty_like(point.weights)
-            for block in blocks:
-                target[block] = self._solve_block(point, model_u, block, slope[block], penalty)
+            target = self._solve_blocks(point, self._model_solution(point), blocks, slope, penalty)
             point = self._line_search(point, target, penalty, len(blocks))
             previous = result.objective_history[-1]
             result.objective_history.append(point.value)
@@ -218,58 +226,86 @@ class LocalProblem:
         """``(C(a_k) + block_noise I)^-1 y``: the block models' ``u`` at ``a_k``."""
         if self.block_noise == self.noise_variance:
             return point.alpha_y
-        return self._solve_model(self._block_covariance(point.covariance.clone()))[1]
+        return self._solve_model(self._block_covariance(point.covariance.clone()[None]))[1][0]
 
-    def _solve_block(
+    def _solve_blocks(
         self,
         point: Evaluation,
         model_u: Tensor,
-        block: slice,
+        blocks: list[slice],
         slope: Tensor,
         penalty: ConsensusPenalty,
     ) -> Tensor:
-        """The block surrogate's minimiser, by interior point on its free weights only.
+        """Every block surrogate's minimiser, by interior point on its free weights only.
 
-        A weight that is zero at ``a_k`` with a non-negative gradient of the block model
+        A weight that is zero at ``a_k`` with a non-negative gradient of its block's model
         there (``model_u`` is the model's ``C^-1 y`` at ``a_k``) is left out: most of a sparse
         grid is, and the interior-point steps then cost reductions over the free weights
         alone. The left-out weights are checked at the free weights' optimum; any with a
         negative gradient there joins them and the block is solved again, so the result
-        meets the whole block's optimality conditions.
+        meets the whole block's optimality conditions. The blocks needing a solve are solved
+        together (``_interior_point``).
         """
-        start = point.weights[block]
-        positions = torch.arange(self.size, device=start.device)[block]
-        target, u, free = start.clone(), model_u, start > 0
-        tolerance: float | None = None  # None: not solved yet, any descent direction joins
-        while True:
-            resting = torch.nonzero(~free).ravel()
-            grad = (
-                -(self.gram.matvec(u, positions[resting]) @ u)
-                + slope[resting]
-                - penalty.rho * penalty.theta[positions[resting]]
-            )
-            joining = resting[grad < -(tolerance or 0.0)]
-            if tolerance is not None and joining.numel() == 0:
-                return target
-            free[joining] = True
-            if not bool(free.any()):
-                return target  # every weight at zero, none with a descent direction
-            target[free], u, value = self._interior_point(
-                point, positions[free], target[free], slope[free], penalty
-            )
-            tolerance = self.options.inner_tol * max(1.0, abs(value))
+        target = point.weights.clone()
+        free = target > 0
+        positions = torch.arange(self.size, device=target.device)
+        solution = {b: model_u for b in range(len(blocks))}
+        # None: not solved yet, so any descent direction joins
+        tolerance: dict[int, float | None] = dict.fromkeys(solution)
+        pending = list(solution)
+        while pending:
+            unsolved = []
+            for b in pending:
+                block, u = blocks[b], solution[b]
+                resting = positions[block][~free[block]]
+                grad = (
+                    -(self.gram.matvec(u, resting) @ u)
+                    + slope[resting]
+                    - penalty.rho * penalty.theta[resting]
+                )
+                joining = resting[grad < -(tolerance[b] or 0.0)]
+                if tolerance[b] is not None and joining.numel() == 0:
+                    continue  # solved: no left-out weight has a descent direction
+                free[joining] = True
+                if bool(free[block].any()):  # else every weight at zero, none descending
+                    unsolved.append(b)
+            chosen = [positions[blocks[b]][free[blocks[b]]] for b in unsolved]
+            for group, kernels in self._block_kernels(chosen):
+                weights, u, value = self._interior_point(point, kernels, target, slope, penalty)
+                for row, i in enumerate(group):
+                    b, components = unsolved[i], chosen[i]
+                    target[components] = weights[row, : components.numel()]
+                    solution[b] = u[row]
+                    tolerance[b] = self.options.inner_tol * max(1.0, abs(float(value[row])))
+            pending = unsolved
+        return target
+
+    def _block_kernels(self, chosen: list[Tensor]) -> list[tuple[list[int], BlockKernels]]:
+        """Which blocks' interior points run together, and on what: as one batch in the
+        product form of a spectral stack where that is cheap (``BATCHED_BLOCK_FLOPS``), else
+        one block at a time through the Gram stack's own reductions."""
+        if not chosen:
+            return []
+        n, spectral = self.gram.n, getattr(self.gram, "spectral", None)
+        if (
+            spectral is not None
+            and len(chosen) * n * n * padded_width(chosen) * spectral.width <= BATCHED_BLOCK_FLOPS
+        ):
+            return [(list(range(len(chosen))), FeatureBlockKernels(spectral, chosen))]
+        return [([i], LazyBlockKernels(self.gram, [c])) for i, c in enumerate(chosen)]
 
     def _interior_point(
         self,
         point: Evaluation,
-        chosen: Tensor,
+        kernels: BlockKernels,
         initial: Tensor,
         slope: Tensor,
         penalty: ConsensusPenalty,
-    ) -> tuple[Tensor, Tensor, float]:
-        """Primal-dual interior point on the convex surrogate over the weights ``chosen``,
-        the block's other weights held at zero; returns the minimiser, ``C^-1 y`` there and
-        the surrogate's value.
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Primal-dual interior point on the convex surrogates of B blocks at once, each over
+        its free weights ``kernels.chosen[b]`` with the block's other weights held at zero,
+        starting from ``initial`` (indexed like all weights); returns the minimisers (B, K)
+        (zero-padded), ``C^-1 y`` there (B, n) and the surrogates' values (B,).
 
         The problem ``min_{a >= 0} q(a) + c'a + rho/2 |a - m|^2`` with
         ``q(a) = y'C(a)^-1 y`` (``C`` with the block model's noise) has the optimality
@@ -282,30 +318,54 @@ class LocalProblem:
         posed where a plain projected Newton method stalls at the bound. With mixed precision
         the Newton system is formed from the float32 factor: that perturbs the direction, not
         the values and gradients the steps are judged by.
+
+        The blocks share nothing but the batch: each keeps its own step lengths, centring
+        and stopping, and leaves the batch (its values frozen) when it stops, so each result
+        is the one a solve of that block alone reaches. Padding entries hold ``a = 1`` with
+        zero kernels, slope, dual and step, so they enter no sum.
         """
-        opts = self.options
-        rho, centre = penalty.rho, penalty.theta[chosen]
-        size = slope.numel()
-        eye = torch.eye(size, dtype=torch.float64, device=slope.device)
+        opts, rho = self.options, penalty.rho
+        chosen = kernels.chosen
+        width = padded_width(chosen)
+        device = point.weights.device
+        mask = torch.zeros(len(chosen), width, dtype=torch.bool, device=device)
+        anchor = torch.zeros(mask.shape, dtype=torch.float64, device=device)  # a_k
+        start = torch.ones_like(anchor)
+        centre = torch.ones_like(anchor)  # equal to a on the padding: no proximity term there
+        slopes = torch.zeros_like(anchor)
+        for b, components in enumerate(chosen):
+            k = components.numel()
+            mask[b, :k] = True
+            anchor[b, :k] = point.weights[components]
+            start[b, :k] = initial[components]
+            centre[b, :k] = penalty.theta[components]
+            slopes[b, :k] = slope[components]
+        sizes = mask.sum(1).to(torch.float64)
         # k_i(x, x) = 1, so y'y / n is about the weights' total: the interior offset's scale.
-        offset = 1e-3 * float(self.y @ self.y) / self.gram.n / size
-        a = initial.clamp_min(offset)
-        covariance = self.gram.weighted_sum(a - point.weights[chosen], chosen)
+        offset = 1e-3 * float(self.y @ self.y) / self.gram.n / sizes
+        a = torch.where(mask, start.clamp_min(offset[:, None]), 1.0)
+        covariance = kernels.weighted_sum(torch.where(mask, a - anchor, 0.0))
         covariance = self._block_covariance(covariance.add_(point.covariance))
-        chol, u, value = self._block_value(covariance, a, slope, rho, centre)
-        v = self.gram.matvec(u, chosen)
-        grad = -(v @ u) + slope + rho * (a - centre)
-        dual = torch.maximum(grad, 1e-3 * max(1.0, abs(value)) / size / a).clamp_min(1e-12)
+        chol, u, value = self._block_values(covariance, a, slopes, rho, centre)
+        v = kernels.matvec(u)
+        grad = -(v @ u[..., None]).squeeze(-1) + slopes + rho * (a - centre)
+        floor = 1e-3 * value.abs().clamp_min(1.0) / sizes
+        dual = torch.maximum(grad, floor[:, None] / a).clamp_min(1e-12).mul_(mask)
+        eye = torch.eye(width, dtype=torch.float64, device=device)
+        padding = (~mask).to(torch.float64)
+        running = torch.ones(len(chosen), dtype=torch.bool, device=device)
         for _ in range(opts.inner_max_iter):
-            mu = float(a @ dual) / size
-            scale = max(1.0, abs(value))
-            if (
-                mu * size <= opts.inner_tol * scale
-                and float((grad - dual).abs().max()) <= opts.inner_tol * scale
-            ):
+            mu = (a * dual).sum(1) / sizes
+            scale = value.abs().clamp_min(1.0)
+            running &= ~(
+                (mu * sizes <= opts.inner_tol * scale)
+                & ((grad - dual).abs().amax(1) <= opts.inner_tol * scale)
+            )
+            if not bool(running.any()):
                 break
-            z = torch.linalg.solve_triangular(chol, v.T.to(chol.dtype), upper=False).double()
-            factor = torch.linalg.cholesky(2.0 * (z.T @ z) + rho * eye + torch.diag(dual / a))
+            z = torch.linalg.solve_triangular(chol, v.mT.to(chol.dtype), upper=False).double()
+            system = 2.0 * (z.mT @ z) + rho * eye + torch.diag_embed(dual / a + padding)
+            factor = _cholesky(system, running)
 
             def newton(rhs: Tensor, factor: Tensor = factor) -> Tensor:
                 return cholesky_solve(factor, rhs)
@@ -313,46 +373,72 @@ class LocalProblem:
             affine_a = newton(-grad)
             affine_dual = -dual - dual / a * affine_a
             mu_affine = (
-                float(
-                    (a + _to_boundary(a, affine_a, 1.0) * affine_a)
-                    @ (dual + _to_boundary(dual, affine_dual, 1.0) * affine_dual)
-                )
-                / size
-            )
-            sigma = _centring(mu_affine, mu)
-            correction = (sigma * mu - affine_a * affine_dual) / a
+                (a + _to_boundary(a, affine_a, 1.0)[:, None] * affine_a)
+                * (dual + _to_boundary(dual, affine_dual, 1.0)[:, None] * affine_dual)
+            ).sum(1) / sizes
+            centring = (_centring(mu_affine, mu) * mu)[:, None]  # sigma mu
+            correction = (centring - affine_a * affine_dual) / a * mask
             step_a = newton(correction - grad)
-            merit_slope = float((grad - sigma * mu / a) @ step_a)
-            if merit_slope >= 0.0:  # the correction spoiled descent: plain centring step
-                correction = sigma * mu / a
-                step_a = newton(correction - grad)
-                merit_slope = float((grad - correction) @ step_a)
-            if -merit_slope <= 1e-13 * scale:
-                break  # a full step would lower the merit by less than its rounding
-            step_dual = correction - dual - dual / a * step_a
-            merit = value - sigma * mu * float(torch.log(a).sum())
-            step_sum = self.gram.weighted_sum(step_a, chosen)
-            t = _to_boundary(a, step_a)
-            while t > 1e-8:
-                cand = a + t * step_a
-                cand_covariance = torch.add(covariance, step_sum, alpha=t)
-                cand_chol, cand_u, cand_value = self._block_value(
-                    cand_covariance, cand, slope, rho, centre
+            merit_slope = ((grad - centring / a) * step_a).sum(1)
+            spoiled = merit_slope >= 0.0  # the correction spoiled descent: plain centring step
+            if bool((spoiled & running).any()):
+                plain = centring / a * mask
+                plain_step = newton(plain - grad)
+                correction = torch.where(spoiled[:, None], plain, correction)
+                step_a = torch.where(spoiled[:, None], plain_step, step_a)
+                merit_slope = torch.where(
+                    spoiled, ((grad - plain) * plain_step).sum(1), merit_slope
                 )
-                cand_merit = cand_value - sigma * mu * float(torch.log(cand).sum())
-                if cand_merit <= merit + 1e-4 * t * merit_slope:
+            # a full step would lower the merit by less than its rounding
+            running &= -merit_slope > 1e-13 * scale
+            if not bool(running.any()):
+                break
+            step_dual = correction - dual - dual / a * step_a
+            merit = value - centring[:, 0] * torch.log(a).sum(1)
+            # A stopped block's step may be garbage (its Newton system need not factor); a zero
+            # step makes its candidates its current point exactly, so taking a whole batch of
+            # candidates where every searching block accepts needs no merging.
+            step_a = torch.where(running[:, None], step_a, 0.0)
+            step_sum = kernels.weighted_sum(step_a)
+            t = _to_boundary(a, step_a)
+            searching, accepted = running.clone(), torch.zeros_like(running)
+            while True:
+                searching &= t > 1e-8
+                if not bool(searching.any()):
                     break
-                t *= 0.5
-            else:
-                break  # no progress possible at this precision: the point is optimal enough
-            a, covariance, chol, u, value = cand, cand_covariance, cand_chol, cand_u, cand_value
-            dual = dual + _to_boundary(dual, step_dual) * step_dual
-            if t < 1e-6:
-                break  # crawling steps: rounding, not the problem, limits the precision
-            v = self.gram.matvec(u, chosen)
-            grad = -(v @ u) + slope + rho * (a - centre)
+                tried = torch.where(searching, t, 0.0)
+                cand = a + tried[:, None] * step_a
+                cand_covariance = covariance + tried[:, None, None] * step_sum
+                cand_chol, cand_u, cand_value = self._block_values(
+                    cand_covariance, cand, slopes, rho, centre
+                )
+                cand_merit = cand_value - centring[:, 0] * torch.log(cand).sum(1)
+                better = searching & (cand_merit <= merit + 1e-4 * t * merit_slope)
+                searching &= ~better
+                candidates = (cand, cand_covariance, cand_chol, cand_u, cand_value)
+                if bool(searching.any()):  # some blocks backtrack: keep their current points
+                    current = (a, covariance, chol, u, value)
+                    a, covariance, chol, u, value = (
+                        torch.where(better.view(-1, *[1] * (new.dim() - 1)), new, old)
+                        for new, old in zip(candidates, current, strict=True)
+                    )
+                else:
+                    a, covariance, chol, u, value = candidates
+                accepted |= better
+                t = torch.where(searching, 0.5 * t, t)
+            dual = torch.where(
+                accepted[:, None], dual + _to_boundary(dual, step_dual)[:, None] * step_dual, dual
+            )
+            # no acceptable step at this precision: optimal enough; crawling steps: rounding,
+            # not the problem, limits the precision
+            running &= accepted & (t >= 1e-6)
+            if not bool(running.any()):
+                break
+            v = kernels.matvec(u)
+            grad = -(v @ u[..., None]).squeeze(-1) + slopes + rho * (a - centre)
         # The path ends with inactive weights at about mu / s, zeros of the exact problem.
-        return torch.where(a <= 1e-6 * offset, torch.zeros_like(a), a), u, value
+        a = torch.where((a <= 1e-6 * offset[:, None]) | ~mask, 0.0, a)
+        return a, u, value
 
     def _solve_y(self, covariance: Tensor) -> tuple[Tensor, Tensor]:
         """The Cholesky factor of ``covariance`` and ``covariance^-1 y``."""
@@ -360,43 +446,52 @@ class LocalProblem:
         return chol, cholesky_solve(chol, self.y)
 
     def _block_covariance(self, covariance: Tensor) -> Tensor:
-        """``C(a)`` (noise once) turned in place into the block models' covariance."""
+        """``C(a)`` (noise once; (n, n) or a batch) turned in place into the block models'."""
         if self.block_noise != self.noise_variance:
-            covariance.diagonal().add_(self.block_noise - self.noise_variance)
+            covariance.diagonal(dim1=-2, dim2=-1).add_(self.block_noise - self.noise_variance)
         return covariance
 
     def _solve_model(self, covariance: Tensor) -> tuple[Tensor, Tensor]:
-        """``_solve_y`` for the block models, which need no log det: the factor may be
-        float32 with a refined solve (``SCAOptions.mixed_precision``)."""
-        solved = None
-        if self.options.mixed_precision and self.gram.n >= MIXED_PRECISION_MIN_POINTS:
-            solved = refined_solve(covariance, self.y)
-        return solved or self._solve_y(covariance)
+        """Factors of a batch of block-model covariances and their ``C^-1 y``. They need no
+        log det, so a lone large one may have a float32 factor with a refined solve
+        (``SCAOptions.mixed_precision``)."""
+        if (
+            self.options.mixed_precision
+            and self.gram.n >= MIXED_PRECISION_MIN_POINTS
+            and covariance.shape[0] == 1
+        ):
+            solved = refined_solve(covariance[0], self.y)
+            if solved is not None:
+                return solved[0][None], solved[1][None]
+        chol = _cholesky(covariance)
+        return chol, cholesky_solve(chol, self.y.expand(covariance.shape[0], -1))
 
-    def _block_value(
-        self, covariance: Tensor, a: Tensor, slope: Tensor, rho: float, centre: Tensor
-    ) -> tuple[Tensor, Tensor, float]:
-        """The block model's value at ``a``, ``u = C^-1 y`` and the factor of ``C``."""
+    def _block_values(
+        self, covariance: Tensor, a: Tensor, slopes: Tensor, rho: float, centre: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The block models' values at ``a`` (B,), their ``u = C^-1 y`` and factors of ``C``."""
         chol, u = self._solve_model(covariance)
-        proximity = 0.5 * rho * float((a - centre).square().sum())
-        return chol, u, float(self.y @ u) + float(slope @ a) + proximity
+        proximity = 0.5 * rho * (a - centre).square().sum(1)
+        return chol, u, u @ self.y + (slopes * a).sum(1) + proximity
 
 
-def _centring(mu_affine: float, mu: float) -> float:
-    """Mehrotra's centring parameter ``(mu_aff / mu)^3``, at most 1.
+def _centring(mu_affine: Tensor, mu: Tensor) -> Tensor:
+    """Mehrotra's centring parameter ``(mu_aff / mu)^3``, at most 1, for each block.
 
     The duals of interior weights shrink geometrically and, over a long solve, can underflow
     to zero (seen on wine1279's 8-bit fit after 145 steps): with ``mu = 0`` no barrier is left
     to centre on, and the step is the affine one.
     """
-    return min(1.0, (mu_affine / mu) ** 3) if mu > 0.0 else 0.0
+    ratio = mu_affine / torch.where(mu > 0.0, mu, 1.0)
+    return torch.where(mu > 0.0, ratio.pow(3).clamp_max(1.0), 0.0)
 
 
-def _to_boundary(x: Tensor, step: Tensor, fraction: float = 0.995) -> float:
-    """The longest step up to 1 keeping ``x + t step`` positive, as a fraction of the way."""
-    # x / step < 0 exactly where the step shrinks x (x > 0); one reduction, one sync
-    nearest = float(torch.where(step < 0, x / step, -math.inf).max())
-    return min(1.0, -fraction * nearest)
+def _to_boundary(x: Tensor, step: Tensor, fraction: float = 0.995) -> Tensor:
+    """For each row, the longest step up to 1 keeping ``x + t step`` positive, as a fraction
+    of the way."""
+    # x / step < 0 exactly where the step shrinks x (x > 0): one reduction a row
+    nearest = torch.where(step < 0, x / step, -math.inf).amax(-1)
+    return (-fraction * nearest).clamp_max(1.0)
 
 
 def _blocks(size: int, count: int) -> list[slice]:
@@ -405,10 +500,12 @@ def _blocks(size: int, count: int) -> list[slice]:
     return [slice(edges[i], edges[i + 1]) for i in range(count)]
 
 
-def _cholesky(covariance: Tensor) -> Tensor:
-    """The lower Cholesky factor of ``covariance``."""
+def _cholesky(covariance: Tensor, needed: Tensor | None = None) -> Tensor:
+    """The lower Cholesky factor of ``covariance`` (or of each in a batch). Only the batch
+    rows ``needed`` (default all) must factor: the others' factors may be garbage."""
     chol, info = torch.linalg.cholesky_ex(covariance)
-    if int(info) != 0:
+    failed = info != 0
+    if bool((failed if needed is None else failed & needed).any()):
         raise FloatingPointError(
             "covariance is not positive definite; the noise variance is too small for the data"
         )
