@@ -408,7 +408,7 @@ class LocalProblem:
                     break
                 tried = torch.where(searching, t, 0.0)
                 cand = a + tried[:, None] * step_a
-                cand_covariance = covariance + tried[:, None, None] * step_sum
+                cand_covariance = torch.addcmul(covariance, tried[:, None, None], step_sum)
                 cand_chol, cand_u, cand_value = self._block_values(
                     cand_covariance, cand, slopes, rho, centre
                 )
@@ -416,14 +416,14 @@ class LocalProblem:
                 better = searching & (cand_merit <= merit + 1e-4 * t * merit_slope)
                 searching &= ~better
                 candidates = (cand, cand_covariance, cand_chol, cand_u, cand_value)
-                if bool(searching.any()):  # some blocks backtrack: keep their current points
+                if not bool(searching.any()):
+                    a, covariance, chol, u, value = candidates
+                elif bool(better.any()):  # others backtrack: they keep their current points
                     current = (a, covariance, chol, u, value)
                     a, covariance, chol, u, value = (
                         torch.where(better.view(-1, *[1] * (new.dim() - 1)), new, old)
                         for new, old in zip(candidates, current, strict=True)
                     )
-                else:
-                    a, covariance, chol, u, value = candidates
                 accepted |= better
                 t = torch.where(searching, 0.5 * t, t)
             dual = torch.where(
