@@ -8,8 +8,9 @@ weights), the local objective is::
 The quadratic-form term is convex in ``a`` and ``log det`` is concave, so its tangent at
 ``a_k`` (slope ``g_i = tr(C_k^-1 K_i)``) gives a convex upper bound ``U(a; a_k) >= F(a)``
 that touches ``F`` at ``a_k``. DSCA minimises a convex model block by block, every block
-from the same ``a_k`` (the blocks are independent and may run in parallel), each solved to
-optimality by a primal-dual interior-point method, then searches back from the full step
+from the same ``a_k`` (the blocks are independent: on small shards their interior points
+run as one batch), each solved to optimality by a primal-dual interior-point method, then
+searches back from the full step
 of all blocks to ``1/S`` of it for ``F(a_{k+1}) <= F(a_k)``, keeping ``a_k`` when none is
 lower: the objective decreases monotonically whatever the model.
 
