@@ -133,8 +133,9 @@ def test_noise_augmented_stack_appends_the_identity() -> None:
 
 @pytest.mark.parametrize("dims", [1, 2])
 def test_block_kernel_reductions_equal_dense_formula(dims: int) -> None:
-    """Both ways of reducing over several blocks' free weights match the dense sub-kernels,
-    with zeros in the padding of the shorter blocks."""
+    """Both ways of reducing over blocks' free weights match the dense sub-kernels: several
+    blocks batched in product form, with zeros in the padding of the shorter blocks, and one
+    block through the Gram stack."""
     gen = torch.Generator().manual_seed(5)
     x = torch.rand(30, dims, generator=gen, dtype=torch.float64) * 20
     grid = GSMPGrid.default(dims, per_dim=24, scale=0.02)
@@ -145,12 +146,20 @@ def test_block_kernel_reductions_equal_dense_formula(dims: int) -> None:
     chosen = [torch.tensor([0, 3, 4, 9]), torch.tensor([size - 1]), torch.arange(10, 17)]
     u = torch.randn(len(chosen), 30, generator=gen, dtype=torch.float64)
     weights = torch.rand(len(chosen), 7, generator=gen, dtype=torch.float64)
-    for kernels in (FeatureBlockKernels(gram.spectral, chosen), LazyBlockKernels(gram, chosen)):
-        products, sums = kernels.matvec(u), kernels.weighted_sum(weights)
-        assert products.shape == (3, 7, 30) and sums.shape == (3, 30, 30)
-        for b, components in enumerate(chosen):
-            k = components.numel()
-            torch.testing.assert_close(products[b, :k], stack[components] @ u[b])
-            assert not bool(products[b, k:].any())
-            expected = torch.tensordot(weights[b, :k], stack[components], 1)
-            torch.testing.assert_close(sums[b], expected)
+
+    def check(products, sums, components, row: int) -> None:
+        k = components.numel()
+        torch.testing.assert_close(products[:k], stack[components] @ u[row])
+        assert not bool(products[k:].any())
+        torch.testing.assert_close(sums, torch.tensordot(weights[row, :k], stack[components], 1))
+
+    batched = FeatureBlockKernels(gram.spectral, chosen)
+    products, sums = batched.matvec(u), batched.weighted_sum(weights)
+    assert products.shape == (3, 7, 30) and sums.shape == (3, 30, 30)
+    for b, components in enumerate(chosen):
+        check(products[b], sums[b], components, b)
+        alone = LazyBlockKernels(gram, components)
+        products_alone = alone.matvec(u[b : b + 1])
+        sums_alone = alone.weighted_sum(weights[b : b + 1, : components.numel()])
+        assert products_alone.shape == (1, components.numel(), 30)
+        check(products_alone[0], sums_alone[0], components, b)

@@ -12,14 +12,13 @@ batch pads them to the longest, ``K``, and every reduction returns zeros in the 
 products for every block at once: on small shards the interior point's cost is the dispatch
 of its many small operations, not their arithmetic (passengerdata: 49 points a shard, 500
 components), so one operation serving every block is what counts. ``LazyBlockKernels``
-reduces through the Gram stack's own reductions, block by block.
+reduces one block through the Gram stack's own reductions.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
-import torch
 from torch import Tensor
 
 from gramfed.workers.gram import NoiseAugmentedGram, SubKernelGram
@@ -64,23 +63,16 @@ class FeatureBlockKernels:
 
 
 class LazyBlockKernels:
-    """The same reductions through the Gram stack's own, block by block."""
+    """One block's reductions through the Gram stack's own (a batch of one): for large shards,
+    whose covariances are solved one at a time."""
 
-    def __init__(self, gram: SubKernelGram | NoiseAugmentedGram, chosen: list[Tensor]) -> None:
+    def __init__(self, gram: SubKernelGram | NoiseAugmentedGram, components: Tensor) -> None:
         self.gram = gram
-        self.chosen = chosen
-        self.width = padded_width(chosen)
+        self.chosen = [components]
 
     def matvec(self, u: Tensor) -> Tensor:
-        out = u.new_zeros(len(self.chosen), self.width, self.gram.n)
-        for b, components in enumerate(self.chosen):
-            out[b, : components.numel()] = self.gram.matvec(u[b], components)
-        return out
+        return self.gram.matvec(u[0], self.chosen[0])[None]
 
     def weighted_sum(self, weights: Tensor) -> Tensor:
-        sums = [
-            self.gram.weighted_sum(weights[b, : components.numel()], components)
-            for b, components in enumerate(self.chosen)
-        ]
-        # One block (the large shards' case) is a view: no copy of an n x n matrix.
-        return sums[0][None] if len(sums) == 1 else torch.stack(sums)
+        # a view: no copy of an n x n matrix
+        return self.gram.weighted_sum(weights[0], self.chosen[0])[None]

@@ -264,6 +264,11 @@ class NoiseAugmentedGram:
             )
         return selected[selected < kernels], bool(selected.numel()) and int(selected[-1]) == kernels
 
+    @property
+    def spectral(self) -> None:
+        """No product form: the identity component has none (reductions go through ``gram``)."""
+        return None
+
     def compress(self, block: slice) -> None:
         kernels, _ = self._split(block)
         if count(kernels):

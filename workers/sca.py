@@ -10,9 +10,9 @@ The quadratic-form term is convex in ``a`` and ``log det`` is concave, so its ta
 that touches ``F`` at ``a_k``. DSCA minimises a convex model block by block, every block
 from the same ``a_k`` (the blocks are independent: on small shards their interior points
 run as one batch), each solved to optimality by a primal-dual interior-point method, then
-searches back from the full step
-of all blocks to ``1/S`` of it for ``F(a_{k+1}) <= F(a_k)``, keeping ``a_k`` when none is
-lower: the objective decreases monotonically whatever the model.
+searches back from the full step of all blocks to ``1/S`` of it for
+``F(a_{k+1}) <= F(a_k)``, keeping ``a_k`` when none is lower: the objective decreases
+monotonically whatever the model.
 
 Two block models (``SCAOptions.surrogate``):
 
@@ -250,10 +250,10 @@ class LocalProblem:
         target = point.weights.clone()
         free = target > 0
         positions = torch.arange(self.size, device=target.device)
-        solution = {b: model_u for b in range(len(blocks))}
+        solution = [model_u] * len(blocks)
         # None: not solved yet, so any descent direction joins
-        tolerance: dict[int, float | None] = dict.fromkeys(solution)
-        pending = list(solution)
+        tolerance: list[float | None] = [None] * len(blocks)
+        pending = list(range(len(blocks)))
         while pending:
             unsolved = []
             for b in pending:
@@ -287,13 +287,13 @@ class LocalProblem:
         one block at a time through the Gram stack's own reductions."""
         if not chosen:
             return []
-        n, spectral = self.gram.n, getattr(self.gram, "spectral", None)
+        n, spectral = self.gram.n, self.gram.spectral
         if (
             spectral is not None
             and len(chosen) * n * n * padded_width(chosen) * spectral.width <= BATCHED_BLOCK_FLOPS
         ):
             return [(list(range(len(chosen))), FeatureBlockKernels(spectral, chosen))]
-        return [([i], LazyBlockKernels(self.gram, [c])) for i, c in enumerate(chosen)]
+        return [([i], LazyBlockKernels(self.gram, c)) for i, c in enumerate(chosen)]
 
     def _interior_point(
         self,
@@ -366,7 +366,7 @@ class LocalProblem:
                 break
             z = torch.linalg.solve_triangular(chol, v.mT.to(chol.dtype), upper=False).double()
             system = 2.0 * (z.mT @ z) + rho * eye + torch.diag_embed(dual / a + padding)
-            factor = _cholesky(system, running)
+            factor = _cholesky(system, running, "the interior point's Newton system")
 
             def newton(rhs: Tensor, factor: Tensor = factor) -> Tensor:
                 return cholesky_solve(factor, rhs)
@@ -501,13 +501,16 @@ def _blocks(size: int, count: int) -> list[slice]:
     return [slice(edges[i], edges[i + 1]) for i in range(count)]
 
 
-def _cholesky(covariance: Tensor, needed: Tensor | None = None) -> Tensor:
-    """The lower Cholesky factor of ``covariance`` (or of each in a batch). Only the batch
-    rows ``needed`` (default all) must factor: the others' factors may be garbage."""
-    chol, info = torch.linalg.cholesky_ex(covariance)
+def _cholesky(matrix: Tensor, needed: Tensor | None = None, what: str | None = None) -> Tensor:
+    """The lower Cholesky factor of ``matrix`` (or of each in a batch). Only the batch rows
+    ``needed`` (default all) must factor: the others' factors may be garbage. ``what`` names a
+    matrix other than a covariance in the error."""
+    chol, info = torch.linalg.cholesky_ex(matrix)
     failed = info != 0
     if bool((failed if needed is None else failed & needed).any()):
         raise FloatingPointError(
-            "covariance is not positive definite; the noise variance is too small for the data"
+            f"{what} is not positive definite"
+            if what
+            else "covariance is not positive definite; the noise variance is too small for the data"
         )
     return chol
