@@ -20,7 +20,7 @@ import torch
 from gramfed.platform.datasets import SLIMKL_DATASETS, slimkl_authors_split
 from gramfed.workers.gram import GramOptions, SubKernelGram
 from gramfed.workers.kernels.gsmp import GSMPGrid, GSMPKernel
-from gramfed.workers.noise import gcv_noise_variance
+from gramfed.workers.noise import gcv_noise_estimate
 from gramfed.workers.sca import ConsensusPenalty, LocalProblem, SCAOptions
 
 
@@ -38,7 +38,7 @@ def main() -> None:
     started = time.perf_counter()
     gram = SubKernelGram(GSMPKernel(grid), x, GramOptions(device=args.device))
     options = SCAOptions(mixed_precision=args.mixed)
-    problem = LocalProblem(gram, y, gcv_noise_variance(split.y_train), options)
+    problem = LocalProblem(gram, y, gcv_noise_estimate(split.y_train).variance, options)
     built = time.perf_counter()
     penalty = ConsensusPenalty.none(problem.size, gram.device)
     result = problem.solve(torch.zeros(problem.size, dtype=torch.float64), penalty)

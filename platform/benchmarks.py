@@ -61,6 +61,7 @@ def bench_slimkl(
         "nonzero_weights": int(np.count_nonzero(model.weights_)),
         "components": model.grid_.num_components,
         "noise_variance": model.noise_variance_,
+        "noise_at_gcv_limit": model.noise_at_gcv_limit_,
         "bits_sent": model.bits_sent_,
         "bits_float64_equivalent": messages * 64 * model.grid_.num_components,
         "device": str(resolve_device(device, work=_gram_work(model))),

@@ -52,6 +52,19 @@ def test_fit_a_shipped_dataset_writes_results(tmp_path: Path) -> None:
     assert predictions.shape == (20, 3)
 
 
+def test_fit_shows_a_warning_as_one_line(tmp_path: Path) -> None:
+    job = _write_job(
+        tmp_path,
+        '[data]\ndataset = "slimkl:passengerdata"\n[model]\ncomponents_per_dim = 20\n'
+        f'[admm]\nagents = 1\nmax_iter = 2\n[output]\ndir = "{tmp_path / "out"}"\n',
+    )
+    result = runner.invoke(app, ["fit", str(job), "--json"])
+    assert result.exit_code == 0, result.output
+    assert "warning: the GCV noise estimate" in result.output
+    assert "RuntimeWarning" not in result.output and "warnings.warn" not in result.output
+    assert json.loads(result.stdout.strip().splitlines()[-1])["noise_at_gcv_limit"]
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [

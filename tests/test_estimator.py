@@ -1,9 +1,12 @@
+import warnings
+
 import numpy as np
 import pytest
 import torch
 
+from gramfed.platform.datasets import slimkl_authors_split
 from gramfed.workers.estimator import GSMPRegressor, NotFittedError
-from gramfed.workers.noise import gcv_noise_variance
+from gramfed.workers.noise import gcv_noise_estimate
 
 
 def test_fit_predict_recovers_a_periodic_signal(toy_regression) -> None:
@@ -74,14 +77,38 @@ def test_gcv_noise_estimate_recovers_known_variance() -> None:
     t = np.linspace(0, 25, 2000)
     for variance in (0.05, 0.2, 0.5):
         noisy = np.round(np.sin(t)) + np.sqrt(variance) * rng.standard_normal(t.size)
-        assert gcv_noise_variance(noisy) == pytest.approx(variance, rel=0.15)
+        assert gcv_noise_estimate(noisy).variance == pytest.approx(variance, rel=0.15)
+
+
+def test_gcv_noise_estimate_flags_a_series_it_finds_no_noise_in() -> None:
+    """passengerdata's GCV minimum sits at the limit of least smoothing (its estimate is
+    3.6e-6 of var(y)); employmentdata's and a noisy signal's lie inside the search range."""
+    passengers = slimkl_authors_split("passengerdata").y_train
+    estimate = gcv_noise_estimate(passengers)
+    assert estimate.at_least_smoothing
+    assert estimate.variance < 1e-5 * np.var(passengers)
+    assert not gcv_noise_estimate(slimkl_authors_split("employmentdata").y_train).at_least_smoothing
+    noisy = np.sin(np.linspace(0, 25, 500)) + 0.3 * np.random.default_rng(3).standard_normal(500)
+    assert not gcv_noise_estimate(noisy).at_least_smoothing
+
+
+def test_fit_warns_where_the_gcv_noise_sits_at_its_limit() -> None:
+    split = slimkl_authors_split("passengerdata")
+    settings = {"agents": 1, "components_per_dim": 20, "admm_max_iter": 2}
+    with pytest.warns(RuntimeWarning, match="sits at its limit of least smoothing"):
+        model = GSMPRegressor(**settings).fit(split.x_train, split.y_train)
+    assert model.noise_at_gcv_limit_
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fixed = GSMPRegressor(noise=50.0, **settings).fit(split.x_train, split.y_train)
+    assert not fixed.noise_at_gcv_limit_
 
 
 def test_gcv_noise_estimate_refuses_bad_input() -> None:
     with pytest.raises(ValueError, match="at least 3"):
-        gcv_noise_variance(np.ones(2))
+        gcv_noise_estimate(np.ones(2))
     with pytest.raises(ValueError, match="finite"):
-        gcv_noise_variance(np.array([1.0, np.nan, 2.0, 3.0]))
+        gcv_noise_estimate(np.array([1.0, np.nan, 2.0, 3.0]))
 
 
 def _negative_log_evidence(model: GSMPRegressor, x: np.ndarray, y: np.ndarray) -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -30,7 +31,7 @@ from gramfed.workers.admm import (
 )
 from gramfed.workers.gram import GramOptions, NoiseAugmentedGram, SubKernelGram
 from gramfed.workers.kernels.gsmp import GSMPGrid, GSMPKernel
-from gramfed.workers.noise import gcv_noise_variance
+from gramfed.workers.noise import gcv_noise_estimate
 from gramfed.workers.posterior import Prediction, fuse_experts, gp_posterior
 from gramfed.workers.quantize import Spacing
 from gramfed.workers.sca import LocalProblem, SCAOptions, Surrogate
@@ -88,9 +89,12 @@ class GSMPRegressor:
     (``quantizer_spacing``: each weight kept to a fixed fraction of itself). ``noise="gcv"``
     fixes the noise variance by the smoothing-spline GCV estimate; ``noise="learned"`` adds it
     to the consensus weights (an identity component above a floor of ``1e-6 var(y)``, started
-    at the GCV estimate) so marginal likelihood chooses it; a float fixes it directly. A dense
-    GSMP grid can tile the whole spectrum and so absorb white noise itself: the learned
-    noise is then weakly identified and may fall to the floor, with the kernel carrying it.
+    at the GCV estimate) so marginal likelihood chooses it; a float fixes it directly. Where the
+    GCV minimum sits at its limit of least smoothing (``noise_at_gcv_limit_``; a nearly
+    noiseless series), a fit with ``noise="gcv"`` warns: the covariance is then nearly
+    singular. A dense GSMP grid can tile the whole spectrum and so absorb white noise itself:
+    the learned noise is then weakly identified and may fall to the floor, with the kernel
+    carrying it.
     ``surrogate`` is DSCA's block model (``gramfed.workers.sca``): the authors' (default) or
     the exact tangent bound; ``mixed_precision`` lets its interior point factor in float32 with
     float64-accurate refined solves on shards of 1,024 points or more. ``prediction`` chooses
@@ -186,8 +190,21 @@ class GSMPRegressor:
                 f"got {self.agents}"
             )
         learned = self.noise == "learned"
+        self.noise_at_gcv_limit_ = False
         if self.noise in ("gcv", "learned"):
-            self.noise_variance_ = gcv_noise_variance(y_arr)
+            estimate = gcv_noise_estimate(y_arr)
+            self.noise_variance_ = estimate.variance
+            self.noise_at_gcv_limit_ = estimate.at_least_smoothing
+            if estimate.at_least_smoothing and not learned:
+                warnings.warn(
+                    f"the GCV noise estimate {estimate.variance:.3g} "
+                    f"({estimate.variance / float(np.var(y_arr)):.1e} of var(y)) sits at its limit "
+                    "of least smoothing: the smoother found no noise to remove, so the covariance "
+                    "is nearly singular and the fit may not settle; pass noise=<variance> if you "
+                    "know the noise level",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         elif isinstance(self.noise, str):
             raise ValueError(f"noise must be 'gcv', 'learned' or a number, got {self.noise!r}")
         else:

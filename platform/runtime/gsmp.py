@@ -60,6 +60,7 @@ def _release_results(
         "components": model.grid_.num_components,
         "nonzero_weights": int(active.size),
         "noise_variance": model.noise_variance_,
+        "noise_at_gcv_limit": model.noise_at_gcv_limit_,
         "admm_rounds": len(model.admm_result_.rounds),
         "converged": model.admm_result_.converged,
         "fit_seconds": model.fit_seconds_,
