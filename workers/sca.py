@@ -442,9 +442,9 @@ class LocalProblem:
         return a, u, value
 
     def _solve_y(self, covariance: Tensor) -> tuple[Tensor, Tensor]:
-        """The Cholesky factor of ``covariance`` and ``covariance^-1 y``."""
+        """The Cholesky factor of ``covariance`` (or of each in a batch) and ``C^-1 y``."""
         chol = _cholesky(covariance)
-        return chol, cholesky_solve(chol, self.y)
+        return chol, cholesky_solve(chol, self.y.expand(covariance.shape[:-1]))
 
     def _block_covariance(self, covariance: Tensor) -> Tensor:
         """``C(a)`` (noise once; (n, n) or a batch) turned in place into the block models'."""
@@ -464,8 +464,7 @@ class LocalProblem:
             solved = refined_solve(covariance[0], self.y)
             if solved is not None:
                 return solved[0][None], solved[1][None]
-        chol = _cholesky(covariance)
-        return chol, cholesky_solve(chol, self.y.expand(covariance.shape[0], -1))
+        return self._solve_y(covariance)
 
     def _block_values(
         self, covariance: Tensor, a: Tensor, slopes: Tensor, rho: float, centre: Tensor
